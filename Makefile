@@ -1,0 +1,25 @@
+# Two entry points for a fresh machine (see README): `make demo` and `make test`.
+# Everything goes into .venv; torch is installed first at a pinned CPU-capable version so that
+# resolving the rest never pulls a multi-GB CUDA build.
+PYTHON ?= python3
+VENV ?= .venv
+TORCH_SPEC ?= torch==2.13.0
+PY := $(VENV)/bin/python
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q "$(TORCH_SPEC)"
+	$(PY) -m pip install -q -e ".[train,test]"
+	touch $@
+
+.PHONY: setup test demo bench
+setup: $(VENV)/.installed
+
+test: setup
+	$(PY) -m pytest -q -ra
+
+demo: setup
+	$(PY) -m llava.demo
+
+bench: setup
+	$(PY) benchmarks/run.py --quick

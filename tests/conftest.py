@@ -1,0 +1,1 @@
+"""Shared fixtures: tiny models built offline by `llava.tiny`."""
