@@ -40,7 +40,9 @@ LORA_KEYS = {
 }
 # Biases of the modules that carry LoRA (q/v; gate_proj has none), where PEFT keeps them.
 LORA_MODULE_BIAS_KEYS = {
-    f"{PREFIX}.layers.{layer}.self_attn.{proj}.base_layer.bias" for layer in range(NUM_LAYERS) for proj in ("q_proj", "v_proj")
+    f"{PREFIX}.layers.{layer}.self_attn.{proj}.base_layer.bias"
+    for layer in range(NUM_LAYERS)
+    for proj in ("q_proj", "v_proj")
 }
 OTHER_BIAS_KEYS = {
     f"{PREFIX}.layers.{layer}.self_attn.{proj}.bias" for layer in range(NUM_LAYERS) for proj in ("k_proj", "o_proj")
@@ -190,7 +192,8 @@ def test_single_process_deepspeed_on_cpu(model_dir: Path, tmp_path: Path) -> Non
         for key, value in os.environ.items()
         if key not in {"RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"}
     }
-    env_without_launcher.update({"OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), str(TESTS_DIR)])})
+    env_without_launcher["OMP_NUM_THREADS"] = "1"
+    env_without_launcher["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), str(TESTS_DIR)])
     subprocess.run(
         [sys.executable, str(DIST_SCRIPTS / "single_process_deepspeed.py"), str(model_dir), str(tmp_path)],
         cwd=REPO_ROOT,
@@ -202,7 +205,7 @@ def test_single_process_deepspeed_on_cpu(model_dir: Path, tmp_path: Path) -> Non
     result = json.loads((tmp_path / "result.json").read_text())
     assert result == {
         "launcher_env_before": False,
-        "extra_args": {"accelerator_config": {"use_configured_state": True}},
+        "extra_args": {"accelerator_config": {"use_configured_state": True}, "use_cpu": True},
         "deepspeed_state": True,
         "zero3": True,
         "rank": 0,
@@ -216,12 +219,18 @@ def test_single_process_deepspeed_on_cpu(model_dir: Path, tmp_path: Path) -> Non
 # --- two processes, ZeRO-3 over gloo ------------------------------------------------------------
 
 
+def run_zero3_gather(model_dir: Path, out_dir: Path, persistence_threshold: str) -> list[dict]:
+    launch_deepspeed(
+        DIST_SCRIPTS / "zero3_gather.py",
+        [str(model_dir), str(out_dir), "--persistence-threshold", persistence_threshold],
+    )
+    return [torch.load(out_dir / f"rank{rank}.pt", weights_only=True) for rank in range(2)]
+
+
 @pytest.fixture(scope="module")
 def zero3_run(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
-    out_dir = tmp_path_factory.mktemp("zero3_gather")
-    launch_deepspeed(DIST_SCRIPTS / "zero3_gather.py", [str(model_dir), str(out_dir)])
-    # The records hold only tensors, lists and dicts written by our own script.
-    return [torch.load(out_dir / f"rank{rank}.pt", weights_only=True) for rank in range(2)]
+    """Every tensor partitioned (persistence threshold 0)."""
+    return run_zero3_gather(model_dir, tmp_path_factory.mktemp("zero3_gather"), "0")
 
 
 @pytest.fixture(scope="module")
@@ -242,6 +251,7 @@ def single_process_states(model_dir: Path) -> dict[str, dict[str, torch.Tensor]]
 def test_zero3_partitions_every_tensor(zero3_run: list[dict]) -> None:
     for record in zero3_run:
         assert record["world_size"] == 2
+        assert record["available_before"] == record["available_after"] == []
         for layout in ("layout_trained", "layout_after_gather"):
             for name, (local_numel, full_numel, full_shape) in record[layout].items():
                 assert local_numel == 0 and full_numel == torch.Size(full_shape).numel() > 0, (layout, name)
@@ -279,6 +289,15 @@ def test_zero3_gather_after_training_equals_one_by_one(zero3_run: list[dict], va
 
 
 @pytest.mark.slow
+def test_zero3_gather_inside_an_enclosing_gather(zero3_run: list[dict]) -> None:
+    """Parameters another context already gathered are copied as they are, not gathered again."""
+    for record in zero3_run:
+        assert set(record["inside_gather"]) == PROJECTOR_KEYS
+        for key, value in record["inside_gather"].items():
+            assert torch.equal(value, record["reference"][key]), key
+
+
+@pytest.mark.slow
 def test_zero3_training_changed_only_trainable_weights(
     zero3_run: list[dict], single_process_states: dict[str, dict[str, torch.Tensor]]
 ) -> None:
@@ -290,6 +309,26 @@ def test_zero3_training_changed_only_trainable_weights(
         changed = not torch.equal(record["reference"][key], value)
         assert changed == (key in trainable), key
     assert torch.equal(record["maybe_zero_3_embed"], initial[f"{PREFIX}.embed_tokens.weight"])
+
+
+@pytest.mark.slow
+def test_zero3_helpers_keep_persistent_parameters_whole(model_dir: Path, tmp_path: Path) -> None:
+    """With upstream's "auto" threshold small tensors stay whole on every rank (ZeRO-3 status
+    AVAILABLE). The helpers copy them without a gather, leave them whole, and gather only the rest;
+    upstream's per-tensor `GatheredParameters` re-partitions (frees) them on exit."""
+    for record in run_zero3_gather(model_dir, tmp_path, "auto"):
+        persistent = set(record["available_before"])
+        # 10 x hidden (320): the LoRA tensors, biases and norms; not the 32x32 and larger weights.
+        assert len(persistent) == 27 and LORA_KEYS < persistent
+        assert record["available_after"] == record["available_before"]
+        gathered_per_call = [
+            sum(key not in persistent for key in record["after"][state]) for state in HELPER_STATES
+        ]
+        assert gathered_per_call == [0, 0, 0, 2, 18, 2]
+        assert record["sizes_default"] == [2, 18, 2]  # calls with nothing to gather open no context
+        for state in HELPER_STATES:
+            for key, value in record["after"][state].items():
+                assert torch.equal(value, record["reference"][key]), (state, key)
 
 
 def greedy_bucket_sizes(tensors: list[torch.Tensor], bucket_bytes: int) -> list[int]:
@@ -320,3 +359,93 @@ def test_zero3_gathers_in_buckets(zero3_run: list[dict]) -> None:
         assert record["sizes_small"] == expected_small
         # The small bucket really groups: more than one context, fewer than one per tensor.
         assert 1 < len(greedy_bucket_sizes(states[4], small_bucket_bytes)) < len(states[4])
+
+
+# --- QLoRA under ZeRO-3 (docs/qlora_zero3.md) -----------------------------------------------------
+
+QLORA_HIDDEN = 64  # >= bitsandbytes' 4-bit block size (64), so its CPU kernels take their real paths
+QLORA_VARIANTS = {
+    "4bit_fp32": ["--bits", "4"],
+    "4bit_bf16": ["--bits", "4", "--dtype", "bfloat16"],
+    "8bit": ["--bits", "8"],
+    "4bit_keep_cpu_repacking": ["--bits", "4", "--keep-cpu-repacking"],
+}
+# 7 linears in each of 2 layers plus lm_head (upstream skips only mm_projector from quantization).
+NUM_QUANTIZED = 7 * NUM_LAYERS + 1
+# LoRA A/B on 3 modules x 2 layers, plus the projector's 2 weights and 2 biases.
+NUM_TRAINABLE = len(LORA_KEYS) + len(PROJECTOR_KEYS)
+
+
+@pytest.fixture(scope="module")
+def qlora_runs(tmp_path_factory: pytest.TempPathFactory):
+    """Launch qlora_zero3_smoke.py once per variant, lazily; returns a function variant -> records."""
+    model_dir = save_tiny_llama(tmp_path_factory.mktemp("tiny_llama_64"), hidden=QLORA_HIDDEN)
+    records: dict[str, list[dict]] = {}
+
+    def run(variant: str) -> list[dict]:
+        if variant not in records:
+            out_dir = tmp_path_factory.mktemp(f"qlora_{variant}")
+            launch_deepspeed(
+                DIST_SCRIPTS / "qlora_zero3_smoke.py", [str(model_dir), str(out_dir), *QLORA_VARIANTS[variant]]
+            )
+            records[variant] = [torch.load(out_dir / f"rank{rank}.pt", weights_only=True) for rank in range(2)]
+        return records[variant]
+
+    return run
+
+
+def assert_trained_and_partitioned(records: list[dict], storage_bytes: int, q_proj_bytes: int) -> None:
+    """Loss went down, every quantized weight is split across the 2 ranks and gathers back byte-exact."""
+    assert records[0]["losses"] == records[1]["losses"]
+    losses = records[0]["losses"]
+    assert len(losses) == 6 and losses[-1] < losses[0] - 0.05, losses
+    for record in records:
+        layout = record["quantized_layout"]
+        assert len(layout) == NUM_QUANTIZED
+        for name, (local_numel, full_numel, partition_numel, loaded_bytes) in layout.items():
+            # Nothing left locally outside the gather; each rank owns half of the stored elements.
+            assert local_numel == 0 and partition_numel * 2 == full_numel, name
+            assert full_numel * storage_bytes == loaded_bytes, name
+        assert layout[f"{PREFIX}.layers.0.self_attn.q_proj.base_layer.weight"][3] == q_proj_bytes
+        assert all(record["quantized_bytes_equal"].values()) and len(record["quantized_bytes_equal"]) == NUM_QUANTIZED
+        assert record["trainable_changed"] == {name: True for name in record["trainable_changed"]}
+        assert len(record["trainable_changed"]) == NUM_TRAINABLE
+        assert set(record["adapter_shapes"]) == LORA_KEYS
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("variant", "storage_bytes"), [("4bit_fp32", 4), ("4bit_bf16", 2)])
+def test_qlora_4bit_trains_under_zero3(qlora_runs, variant: str, storage_bytes: int) -> None:
+    records = qlora_runs(variant)
+    # 64 x 64 NF4 values, two per byte, stored as float32 / bfloat16 elements.
+    assert_trained_and_partitioned(records, storage_bytes, q_proj_bytes=QLORA_HIDDEN * QLORA_HIDDEN // 2)
+    for record in records:
+        # Eval and train forwards agree, also after a gather/partition cycle of every parameter.
+        assert record["eval_max_abs_diff"] == [0.0, 0.0, 0.0, 0.0]
+        assert record["int8_elements_outside_partition"] == 0
+        q_proj = record["adapter_shapes"][f"{PREFIX}.layers.0.self_attn.q_proj.lora_A.default.weight"]
+        assert q_proj == (4, QLORA_HIDDEN)
+
+
+@pytest.mark.slow
+def test_qlora_8bit_trains_but_bitsandbytes_keeps_full_int8_copies(qlora_runs) -> None:
+    """8-bit runs under ZeRO-3, but `Int8Params.CB` / `Linear8bitLt.state.CB` keep every int8
+    weight whole on every rank, so ZeRO-3 saves no memory on them."""
+    records = qlora_runs("8bit")
+    assert_trained_and_partitioned(records, storage_bytes=1, q_proj_bytes=QLORA_HIDDEN * QLORA_HIDDEN)
+    for record in records:
+        full_int8 = sum(full_numel for _, full_numel, _, _ in record["quantized_layout"].values())
+        assert record["int8_elements_outside_partition"] == full_int8 == 81920
+
+
+@pytest.mark.slow
+def test_bnb_cpu_repacking_corrupts_partitioned_4bit_weights(qlora_runs) -> None:
+    """Negative control for `disable_4bit_cpu_repacking`: without it, on an AVX512-BF16 CPU, the
+    forward after a gather/partition cycle reads the old layout through a "packed" quant state."""
+    from bitsandbytes.functional import has_avx512bf16
+
+    if not has_avx512bf16():
+        pytest.skip("bitsandbytes repacks 4-bit weights only on CPUs with AVX512-BF16")
+    for record in qlora_runs("4bit_keep_cpu_repacking"):
+        before_cycle, after_cycle = record["eval_max_abs_diff"][1], record["eval_max_abs_diff"][2]
+        assert before_cycle < 0.01 and after_cycle > 0.1, record["eval_max_abs_diff"]

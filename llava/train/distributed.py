@@ -13,6 +13,7 @@ to micro_batch_per_gpu * gradient_acc_step * world_size 2 != 2 * 1 * 2". Creatin
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import socket
@@ -24,8 +25,14 @@ import torch
 logger = logging.getLogger(__name__)
 
 CPU_BACKEND = "gloo"
-USE_CONFIGURED_STATE = {"use_configured_state": True}
-"""`TrainingArguments.accelerator_config` that makes transformers reuse the state built here."""
+CPU_TRAINING_ARGS: dict[str, Any] = {
+    # Makes transformers reuse the DeepSpeed state built here instead of building its own.
+    "accelerator_config": {"use_configured_state": True},
+    # Without it `--bf16 True` (upstream's scripts) fails on CPU with "Your setup doesn't support
+    # bf16/gpu. You need to assign use_cpu if you want to train the model on CPU."
+    "use_cpu": True,
+}
+"""Extra `TrainingArguments` keyword arguments for DeepSpeed on a machine without CUDA."""
 
 # What a launcher (`deepspeed`, `torchrun`, `accelerate launch`) exports for each worker. A plain
 # `python train.py --deepspeed ...` on CPU gets the one-process equivalent.
@@ -40,8 +47,8 @@ def init_distributed_state(deepspeed_config: str | Mapping[str, Any] | None) -> 
     the world size). On a machine with CUDA, or without a DeepSpeed config, it does nothing and
     returns `{}`. Otherwise it creates accelerate's `PartialState(backend="gloo")` as a DeepSpeed
     state and returns the extra `TrainingArguments` keyword arguments the caller must pass:
-    `{"accelerator_config": {"use_configured_state": True}}` (on the command line:
-    `--accelerator_config '{"use_configured_state": true}'`).
+    `{"accelerator_config": {"use_configured_state": True}, "use_cpu": True}` (on the command line:
+    `--accelerator_config '{"use_configured_state": true}' --use_cpu True`).
 
     Args:
         deepspeed_config: the value of `--deepspeed` (a JSON file path or a dict), or None.
@@ -64,7 +71,7 @@ def init_distributed_state(deepspeed_config: str | Mapping[str, Any] | None) -> 
                 "An accelerate PartialState without DeepSpeed already exists in this process; "
                 "call init_distributed_state() before anything else creates one."
             )
-        return {"accelerator_config": dict(USE_CONFIGURED_STATE)}
+        return copy.deepcopy(CPU_TRAINING_ARGS)
 
     _fill_single_process_env()
     previous = os.environ.get("ACCELERATE_USE_DEEPSPEED")
@@ -82,7 +89,7 @@ def init_distributed_state(deepspeed_config: str | Mapping[str, Any] | None) -> 
         state.process_index,
         state.num_processes,
     )
-    return {"accelerator_config": dict(USE_CONFIGURED_STATE)}
+    return copy.deepcopy(CPU_TRAINING_ARGS)
 
 
 def _fill_single_process_env() -> None:

@@ -34,6 +34,8 @@ BIAS_SUFFIX = "." + BIAS_NAME
 BASE_LAYER_SUFFIX = ".base_layer"
 """PEFT moves the wrapped layer to `<module>.base_layer`, so its bias is `<module>.base_layer.bias`."""
 
+_BNB_CPU_PACKING_FLAG = "support_avx512bf16_for_cpu"
+
 LoraBias = Literal["none", "all", "lora_only"]
 NamedParams = Iterable[tuple[str, torch.Tensor]] | Mapping[str, torch.Tensor]
 
@@ -119,6 +121,24 @@ def get_mm_adapter_state_maybe_zero_3(
     """
     selected = {k: t for k, t in _as_dict(named_params).items() if any(key in k for key in keys_to_match)}
     return _gather_to_cpu(selected, bucket_bytes, warn_inflight=False)
+
+
+def disable_4bit_cpu_repacking(model: torch.nn.Module) -> int:
+    """Stop bitsandbytes from repacking 4-bit weights on CPU; required when ZeRO-3 partitions them.
+
+    On CPUs with AVX512-BF16, `bnb.nn.Linear4bit.forward` in eval mode without grad (evaluation,
+    generation) replaces `weight.data` by a CPU-packed layout once and flags its quant state. Under
+    ZeRO-3 that replacement is thrown away when the parameter is re-partitioned, the next gather
+    returns the original layout while the quant state still says "packed", and every later forward
+    is silently wrong (see docs/qlora_zero3.md). Returns how many modules were changed.
+    """
+    changed = 0
+    for module in model.modules():
+        # The attribute only exists on bitsandbytes' Linear4bit; checking it avoids importing bnb.
+        if getattr(module, _BNB_CPU_PACKING_FLAG, False):
+            setattr(module, _BNB_CPU_PACKING_FLAG, False)
+            changed += 1
+    return changed
 
 
 def _as_dict(named_params: NamedParams) -> dict[str, torch.Tensor]:

@@ -23,11 +23,11 @@ LORA_TARGETS = ("q_proj", "v_proj", "gate_proj")
 NUM_LAYERS = 2
 
 
-def tiny_llama_config() -> transformers.LlamaConfig:
+def tiny_llama_config(hidden: int = HIDDEN) -> transformers.LlamaConfig:
     return transformers.LlamaConfig(
         vocab_size=VOCAB,
-        hidden_size=HIDDEN,
-        intermediate_size=2 * HIDDEN,
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
         num_hidden_layers=NUM_LAYERS,
         num_attention_heads=4,
         num_key_value_heads=2,
@@ -37,10 +37,10 @@ def tiny_llama_config() -> transformers.LlamaConfig:
     )
 
 
-def save_tiny_llama(path: str | Path, seed: int = SEED) -> Path:
+def save_tiny_llama(path: str | Path, seed: int = SEED, hidden: int = HIDDEN) -> Path:
     """Write a randomly initialised tiny Llama checkpoint (safetensors) to `path`."""
     torch.manual_seed(seed)
-    model = transformers.LlamaForCausalLM(tiny_llama_config())
+    model = transformers.LlamaForCausalLM(tiny_llama_config(hidden))
     model.save_pretrained(path)
     return Path(path)
 
@@ -66,9 +66,8 @@ def add_lora_and_projector(model: transformers.PreTrainedModel, bias: str = "non
     """
     torch.manual_seed(seed)
     peft_model = get_peft_model(model, lora_config(bias))
-    projector = torch.nn.Sequential(
-        torch.nn.Linear(HIDDEN, HIDDEN), torch.nn.GELU(), torch.nn.Linear(HIDDEN, HIDDEN)
-    )
+    hidden = model.config.hidden_size
+    projector = torch.nn.Sequential(torch.nn.Linear(hidden, hidden), torch.nn.GELU(), torch.nn.Linear(hidden, hidden))
     inner = peft_model.get_base_model().model
     inner.mm_projector = projector
     inner.embed_tokens.register_forward_hook(lambda module, args, output: output + inner.mm_projector(output))
@@ -76,7 +75,7 @@ def add_lora_and_projector(model: transformers.PreTrainedModel, bias: str = "non
 
 
 class RandomTokens(torch.utils.data.Dataset):
-    """Fixed pseudo-random token sequences, the same in every process."""
+    """Fixed pseudo-random token sequences, the same in every process (a small `size` can be memorised)."""
 
     def __init__(self, size: int = 16) -> None:
         self.size = size

@@ -1,6 +1,7 @@
 """Worker script: ZeRO-3 gather helpers on a fully partitioned tiny Llama + LoRA + mm_projector.
 
-Launched by tests/test_zero3.py as `deepspeed --num_gpus 2 zero3_gather.py MODEL_DIR OUT_DIR`.
+Launched by tests/test_zero3.py as
+`deepspeed --num_gpus 2 zero3_gather.py MODEL_DIR OUT_DIR --persistence-threshold 0|auto`.
 Each rank writes OUT_DIR/rank<r>.pt with what the helpers returned (before and after a few
 training steps), reference copies gathered one tensor at a time with raw `GatheredParameters`,
 the partition layout and how many parameters each `GatheredParameters` context received.
@@ -14,6 +15,7 @@ from pathlib import Path
 import deepspeed
 import torch
 import transformers
+from deepspeed.runtime.zero.partition_parameters import ZeroParamStatus
 
 from dist_scripts.tiny_peft import RandomTokens, add_lora_and_projector
 from llava.train.distributed import get_rank, init_distributed_state, is_zero3_enabled
@@ -26,16 +28,17 @@ from llava.train.zero3 import (
 
 # Small enough that the tiny model's tensors fall into several buckets.
 SMALL_BUCKET_BYTES = 4096
-ZERO3_CONFIG = {
-    "train_micro_batch_size_per_gpu": "auto",
-    "train_batch_size": "auto",
-    "gradient_accumulation_steps": "auto",
-    "zero_optimization": {
-        "stage": 3,
+
+
+def zero3_config(persistence_threshold: int | str) -> dict:
+    return {
+        "train_micro_batch_size_per_gpu": "auto",
+        "train_batch_size": "auto",
+        "gradient_accumulation_steps": "auto",
         # 0: partition every tensor, however small, so that every helper really gathers.
-        "stage3_param_persistence_threshold": 0,
-    },
-}
+        # "auto" (upstream's zero3.json): tensors up to 10 x hidden size stay whole on every rank.
+        "zero_optimization": {"stage": 3, "stage3_param_persistence_threshold": persistence_threshold},
+    }
 
 
 class CountingGatheredParameters(deepspeed.zero.GatheredParameters):
@@ -87,6 +90,11 @@ def partition_layout(model: torch.nn.Module) -> dict[str, tuple[int, int, tuple[
     }
 
 
+def available_names(model: torch.nn.Module) -> list[str]:
+    """Parameters ZeRO-3 currently holds whole on this rank (persistent ones, between steps)."""
+    return [name for name, param in model.named_parameters() if param.ds_status == ZeroParamStatus.AVAILABLE]
+
+
 def one_by_one(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """Reference: each parameter gathered in its own raw GatheredParameters context."""
     copies = {}
@@ -100,13 +108,17 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("model_dir")
     parser.add_argument("out_dir")
+    parser.add_argument(
+        "--persistence-threshold", default=0, type=lambda value: value if value == "auto" else int(value)
+    )
     parser.add_argument("--local_rank", type=int, default=-1)
     args = parser.parse_args()
 
-    extra_args = init_distributed_state(ZERO3_CONFIG)
+    config = zero3_config(args.persistence_threshold)
+    extra_args = init_distributed_state(config)
     training_args = transformers.TrainingArguments(
         output_dir=str(Path(args.out_dir) / "trainer"),
-        deepspeed=ZERO3_CONFIG,
+        deepspeed=config,
         per_device_train_batch_size=2,
         max_steps=3,
         learning_rate=1e-2,
@@ -129,10 +141,18 @@ def main() -> None:
     trainer.train()
     record["losses"] = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     record["layout_trained"] = partition_layout(peft_model)
-    record["reference"] = one_by_one(peft_model)
+    record["available_before"] = available_names(peft_model)
     record["after"], record["sizes_default"] = counted(all_helper_states, peft_model)
     record["after_per_tensor"], record["sizes_per_tensor"] = counted(all_helper_states, peft_model, 0)
     record["after_small"], record["sizes_small"] = counted(all_helper_states, peft_model, SMALL_BUCKET_BYTES)
+    # Persistent (whole) parameters must still be whole; the one-by-one reference below re-partitions them.
+    record["available_after"] = available_names(peft_model)
+    record["reference"] = one_by_one(peft_model)
+    # Inside an enclosing gather the projector is already whole (AVAILABLE): the helper must copy it
+    # as is; gathering it again would raise "Nested GatheredParameters contexts cannot overlap".
+    projector = list(peft_model.get_base_model().model.mm_projector.parameters())
+    with deepspeed.zero.GatheredParameters(projector):
+        record["inside_gather"] = get_mm_adapter_state_maybe_zero_3(peft_model.named_parameters(), ["mm_projector"])
     # The helpers must leave every parameter partitioned again.
     record["layout_after_gather"] = partition_layout(peft_model)
     torch.save(record, Path(args.out_dir) / f"rank{get_rank()}.pt")
