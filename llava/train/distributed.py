@@ -3,12 +3,13 @@
 Rank and world size are always read from the live distributed state (or, before the process group
 exists, from the launcher's environment variables); nothing here caches them in module globals.
 
-`init_distributed_state` exists because accelerate does not give DeepSpeed a distributed state on a
-machine without CUDA: transformers' `TrainingArguments` then builds a non-DeepSpeed state, computes
-`world_size` 1 for the DeepSpeed batch-size check and the run dies with "train_batch_size is not equal
-to micro_batch_per_gpu * gradient_acc_step * world_size 2 != 2 * 1 * 2". Creating accelerate's
-`PartialState` over gloo ourselves, while `ACCELERATE_USE_DEEPSPEED=true`, and asking
-`TrainingArguments` to reuse it, makes ZeRO-2/3 train on CPU processes (tests and laptops).
+`init_distributed_state` exists because on a machine without CUDA, transformers'
+`TrainingArguments` asks accelerate for a DeepSpeed state without naming a backend; accelerate finds
+none, treats the process as not distributed, and the DeepSpeed batch-size check (sized for a world
+of 1) kills every rank: "train_batch_size is not equal to micro_batch_per_gpu * gradient_acc_step *
+world_size 2 != 2 * 1 * 2". Creating accelerate's `PartialState` over gloo ourselves, while
+`ACCELERATE_USE_DEEPSPEED=true`, and asking `TrainingArguments` to reuse it, makes ZeRO-2/3 train
+on CPU processes (tests, laptops). See docs/qlora_zero3.md.
 """
 
 from __future__ import annotations
@@ -61,6 +62,7 @@ def init_distributed_state(deepspeed_config: str | Mapping[str, Any] | None) -> 
 
     from accelerate import PartialState
 
+    # `_shared_state` is how transformers itself tests for an existing state (training_args.py).
     if PartialState._shared_state:
         # Someone (a previous call, a test, the user) already built the state; building a second
         # one is a no-op in accelerate, so only check that it is the kind TrainingArguments needs.

@@ -8,9 +8,14 @@ parameters in the same order, even though usually only rank 0 writes the result.
 
 Parameters are gathered in buckets: one `deepspeed.zero.GatheredParameters` context per bucket of
 at most `bucket_bytes` (full-size) bytes, instead of upstream's one context per tensor. That keeps
-the number of synchronisation points small (a LLaVA-7B LoRA adapter has ~900 tensors) while the
-memory held at once stays bounded by the bucket size. Without ZeRO-3 (no `ds_id` on any parameter)
-nothing is gathered and deepspeed is not imported.
+the number of synchronisation points small (LoRA on every linear of a 7B Llama is 448 tensors)
+while the memory held at once stays bounded by the bucket size. Parameters ZeRO-3 already holds
+whole (below `stage3_param_persistence_threshold`, or inside an enclosing gather) are copied as they
+are: upstream's per-tensor contexts re-partitioned them, so they had to be fetched again. Without
+ZeRO-3 (no `ds_id` on any parameter) nothing is gathered and deepspeed is not imported.
+
+`disable_4bit_cpu_repacking` lives here too: it is what 4-bit weights need to survive ZeRO-3
+partitioning on CPU (docs/qlora_zero3.md).
 """
 
 from __future__ import annotations
