@@ -40,6 +40,7 @@ import logging
 from collections.abc import Sequence
 from typing import NamedTuple
 
+import numpy as np
 import torch
 
 from llava import conversation as conversation_lib
@@ -61,8 +62,6 @@ MMTAG_IMAGE = "<Image>" + DEFAULT_IMAGE_TOKEN + "</Image>"
 # The generic path's hard-coded turn markers (upstream's _add_speaker_and_signal).
 HASH_BEGIN = "### "
 HASH_END = "\n"
-# Offsets of tokens that cover no character of the prompt (BOS added by the tokenizer, the image placeholder).
-NO_CHAR = -1
 
 Source = Sequence[dict]
 
@@ -235,69 +234,93 @@ def _render_plain(source: Source, conv: Conversation) -> list[Segment]:
 # Tokenisation with character offsets
 
 
-def _encode(texts: Sequence[str], tokenizer, *, has_image: bool) -> list[tuple[list[int], list[int]]]:
-    """Token ids of each text as upstream gets them, with the character each token starts at.
+class _Chunk(NamedTuple):
+    """Tokens of one ``<image>``-free piece of a prompt, with their character spans inside that piece."""
 
-    Text-only prompts are tokenised as ``tokenizer(text, max_length=model_max_length, truncation=True)``.
-    Image prompts are split at ``<image>``, every chunk of every text is tokenised in ONE batched call, and the
-    chunks are joined like upstream's ``tokenizer_image_token``: the first chunk's BOS is kept, each chunk's first
-    token (its own BOS) is dropped, and ``IMAGE_TOKEN_INDEX`` goes between chunks. A token's start is the index
-    into its text of the first character it covers, or ``NO_CHAR`` for BOS and the image placeholder.
+    ids: list[int]
+    offsets: list[tuple[int, int]]
+    position: int  # where the piece starts in the prompt
+
+
+def _tokenize(texts: Sequence[str], tokenizer, *, has_image: bool) -> list[list[_Chunk]]:
+    """Tokenise each text as upstream does, keeping character offsets; ONE tokenizer call for all of them.
+
+    Text-only prompts: ``tokenizer(text, max_length=model_max_length, truncation=True)``, one chunk each. Image
+    prompts are split at ``<image>`` and cut like upstream's ``tokenizer_image_token``: every chunk tokenised alone,
+    the first chunk kept whole, the others without their first token (their own BOS) when the first chunk starts
+    with BOS; ``IMAGE_TOKEN_INDEX`` goes between consecutive chunks (see :func:`_ids`).
     """
-    if not getattr(tokenizer, "is_fast", False):
-        raise TypeError(f"label masking needs a fast (Rust-backed) tokenizer for offsets; got {type(tokenizer).__name__}")
     if not has_image:
         encoded = tokenizer(
             list(texts), max_length=tokenizer.model_max_length, truncation=True, return_offsets_mapping=True
         )
-        return [
-            (ids, [start if start < end else NO_CHAR for start, end in offsets])
-            for ids, offsets in zip(encoded["input_ids"], encoded["offset_mapping"])
-        ]
+        return [[_Chunk(ids, offsets, 0)] for ids, offsets in zip(encoded["input_ids"], encoded["offset_mapping"])]
 
     split = [text.split(DEFAULT_IMAGE_TOKEN) for text in texts]
-    encoded = tokenizer([chunk for chunks in split for chunk in chunks], return_offsets_mapping=True)
+    encoded = tokenizer([piece for pieces in split for piece in pieces], return_offsets_mapping=True)
     all_ids, all_offsets = encoded["input_ids"], encoded["offset_mapping"]
-    results = []
-    cursor = 0
-    for chunks in split:
-        first = all_ids[cursor]
-        skip = 1 if first and first[0] == tokenizer.bos_token_id else 0
-        ids, starts = first[:skip], [NO_CHAR] * skip
-        position = 0  # where the current chunk begins in the text
-        for index, chunk in enumerate(chunks):
-            if index:
-                ids.append(IMAGE_TOKEN_INDEX)
-                starts.append(NO_CHAR)
-            ids.extend(all_ids[cursor + index][skip:])
-            starts.extend(
-                position + start if start < end else NO_CHAR for start, end in all_offsets[cursor + index][skip:]
-            )
-            position += len(chunk) + len(DEFAULT_IMAGE_TOKEN)
-        cursor += len(chunks)
-        results.append((ids, starts))
-    return results
+    bos = tokenizer.bos_token_id
+    result, flat_index = [], 0
+    for pieces in split:
+        first = all_ids[flat_index]
+        skip = 1 if first and first[0] == bos else 0
+        chunks, position = [], 0
+        for index, piece in enumerate(pieces):
+            cut = skip if index else 0
+            ids, offsets = all_ids[flat_index + index], all_offsets[flat_index + index]
+            chunks.append(_Chunk(ids[cut:], offsets[cut:], position))
+            position += len(piece) + len(DEFAULT_IMAGE_TOKEN)
+        flat_index += len(pieces)
+        result.append(chunks)
+    return result
 
 
-def _label(ids: Sequence[int], starts: Sequence[int], segments: Sequence[Segment]) -> list[int]:
-    """Keep the ids of tokens that start inside a supervised segment; IGNORE_INDEX for the rest."""
-    supervised = bytearray(sum(len(segment.text) for segment in segments))
+def _ids(chunks: Sequence[_Chunk]) -> list[int]:
+    ids = list(chunks[0].ids)
+    for chunk in chunks[1:]:
+        ids.append(IMAGE_TOKEN_INDEX)
+        ids.extend(chunk.ids)
+    return ids
+
+
+def _labels(chunks: Sequence[_Chunk], segments: Sequence[Segment]) -> list[int]:
+    """Each token's id if its first character lies in a supervised segment, else IGNORE_INDEX.
+
+    Tokens that cover no character (BOS, the image placeholder) are never supervised. A token spanning a segment
+    boundary takes the label of its first character; with the templates' separators being whole tokens (or
+    starting a new word), that only happens with a tokenizer lacking the template's special tokens.
+    """
+    supervised = bytearray(sum(len(text) for text, _ in segments))
     position = 0
     for text, target in segments:
         if target:
             supervised[position : position + len(text)] = b"\x01" * len(text)
         position += len(text)
-    return [
-        token if start != NO_CHAR and supervised[start] and token != IMAGE_TOKEN_INDEX else IGNORE_INDEX
-        for token, start in zip(ids, starts)
-    ]
+    labels: list[int] = []
+    for index, (ids, offsets, start) in enumerate(chunks):
+        if index:
+            labels.append(IGNORE_INDEX)  # the image placeholder
+        labels.extend(
+            [token if begin < end and supervised[start + begin] else IGNORE_INDEX for token, (begin, end) in zip(ids, offsets)]
+        )
+    return labels
 
 
-def _pad(rows: Sequence[list[int]], value: int | None) -> torch.Tensor:
+def _long(values: Sequence[int]) -> torch.Tensor:
+    # Through numpy: about 4x faster than torch.tensor(list) on this hot path.
+    return torch.from_numpy(np.asarray(values, dtype=np.int64))
+
+
+def _stack_rows(rows: Sequence[list[int]], fill: int | None) -> torch.Tensor:
+    """(N, L) tensor of right-padded rows; ``fill`` is only needed when the rows differ in length."""
+    if len(rows) == 1:
+        return _long(rows[0]).unsqueeze(0)
     width = max(len(row) for row in rows)
-    if any(len(row) != width for row in rows) and value is None:
+    if all(len(row) == width for row in rows):
+        return _long(rows)
+    if fill is None:
         raise ValueError("the tokenizer has no pad token; set tokenizer.pad_token (LLaVA uses the unk token)")
-    return torch.tensor([row + [value] * (width - len(row)) for row in rows], dtype=torch.long)
+    return _long([row + [fill] * (width - len(row)) for row in rows])
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -308,15 +331,15 @@ def _mask(sources: Sequence[Source], tokenizer, has_image: bool, conv: Conversat
     """THE masking routine, for every template but '###': render, tokenise once, label by character offsets."""
     rendered = [_segments(source, conv) for source in sources]
     prompts = ["".join(text for text, _ in segments) for segments in rendered]
-    encoded = _encode(prompts, tokenizer, has_image=has_image)
-    labels = [_label(ids, starts, segments) for (ids, starts), segments in zip(encoded, rendered)]
-    return [ids for ids, _ in encoded], labels
+    tokenized = _tokenize(prompts, tokenizer, has_image=has_image)
+    return [_ids(chunks) for chunks in tokenized], [_labels(chunks, segments) for chunks, segments in zip(tokenized, rendered)]
 
 
 def _as_batch(sources: Sequence[Source], tokenizer, has_image: bool, conv: Conversation) -> dict:
     # Upstream stacks image prompts and pads text-only ones: (N, L) tensors either way.
     input_ids, labels = _mask(sources, tokenizer, has_image, conv)
-    return dict(input_ids=_pad(input_ids, tokenizer.pad_token_id), labels=_pad(labels, IGNORE_INDEX))
+    pad = tokenizer.pad_token_id if len(input_ids) > 1 else None
+    return dict(input_ids=_stack_rows(input_ids, pad), labels=_stack_rows(labels, IGNORE_INDEX))
 
 
 def _checked(conv: Conversation | None, default: str, style: SeparatorStyle, name: str) -> Conversation:
@@ -352,10 +375,7 @@ def preprocess_plain(sources: Sequence[Source], tokenizer, *, conv: Conversation
     """
     conv = _checked(conv, "plain", SeparatorStyle.PLAIN, "preprocess_plain")
     input_ids, labels = _mask(sources, tokenizer, True, conv)
-    return dict(
-        input_ids=[torch.tensor(ids, dtype=torch.long) for ids in input_ids],
-        labels=[torch.tensor(row, dtype=torch.long) for row in labels],
-    )
+    return dict(input_ids=[_long(ids) for ids in input_ids], labels=[_long(row) for row in labels])
 
 
 def _preprocess_hash_format(sources: Sequence[Source], tokenizer, has_image: bool, conv: Conversation) -> dict:
@@ -372,7 +392,7 @@ def _preprocess_hash_format(sources: Sequence[Source], tokenizer, has_image: boo
         names = [conv.roles[0] if turn.from_human else conv.roles[1] for turn in turns]
         pieces = [f"{HASH_BEGIN}{name}: {turn.value}{HASH_END}" for name, turn in zip(names, turns)]
         prompt = header + "".join(pieces) + HASH_BEGIN
-        encoded = [ids for ids, _ in _encode([prompt, header, *pieces], tokenizer, has_image=has_image)]
+        encoded = [_ids(chunks) for chunks in _tokenize([prompt, header, *pieces], tokenizer, has_image=has_image)]
         ids, lengths = encoded[0], [_counted_length(piece_ids, tokenizer, has_image) for piece_ids in encoded[1:]]
         target = list(ids)
         cursor = lengths[0]
@@ -382,8 +402,8 @@ def _preprocess_hash_format(sources: Sequence[Source], tokenizer, has_image: boo
                 span = target[cursor + 2 : cursor + length]
                 target[cursor + 2 : cursor + length] = [IGNORE_INDEX] * len(span)
             cursor += length
-        input_ids.append(torch.tensor(ids, dtype=torch.long))
-        labels.append(torch.tensor(target, dtype=torch.long))
+        input_ids.append(_long(ids))
+        labels.append(_long(target))
     return dict(input_ids=input_ids, labels=labels)
 
 
