@@ -176,7 +176,8 @@ def test_samples_without_a_reply_are_reported_once(tiny, tokenizer, tiny_image_p
         {"id": "fine", "conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello"}]},
     ]
     with caplog.at_level("WARNING", logger="llava.train.data"):
-        dataset = make_dataset(tiny, tokenizer, tiny_image_processor, data_path=write_records(tmp_path / "d.json", records))
+        path = write_records(tmp_path / "d.json", records)
+        dataset = make_dataset(tiny, tokenizer, tiny_image_processor, data_path=path)
     assert [record.getMessage() for record in caplog.records if record.levelname == "WARNING"] == [
         f"2 sample(s) in {dataset.data_path} have no assistant reply after the first human turn and train nothing: "
         "'no-reply', 'empty-reply'"
@@ -225,11 +226,14 @@ def test_unreadable_image_error(tiny, tokenizer, tiny_image_processor, tmp_path,
         ({"id": "x"}, True, "'conversations' must be a non-empty list"),
     ],
 )  # fmt: skip
-def test_invalid_samples_are_reported_before_training(tiny, tokenizer, tiny_image_processor, tmp_path, record, multimodal, message):
+def test_invalid_samples_are_reported_before_training(
+    tiny, tokenizer, tiny_image_processor, tmp_path, record, multimodal, message
+):
     path = write_records(tmp_path / "d.json", [record])
     args = make_args(tiny, is_multimodal=multimodal)
+    processor = tiny_image_processor if multimodal else None
     with pytest.raises(ValueError, match="1 invalid sample") as error:
-        LazySupervisedDataset(path, tokenizer, args, image_processor=tiny_image_processor if multimodal else None)
+        LazySupervisedDataset(path, tokenizer, args, image_processor=processor)
     assert message in str(error.value) and path in str(error.value)
 
 
@@ -264,7 +268,8 @@ def test_settings_are_checked(tiny, tokenizer, tiny_image_processor):
     with pytest.raises(ValueError, match="needs the vision tower's image processor"):
         LazySupervisedDataset(str(tiny.data), tokenizer, make_args(tiny))
     with pytest.raises(ValueError, match="anyres needs --image_grid_pinpoints"):
-        LazySupervisedDataset(str(tiny.data), tokenizer, make_args(tiny, "anyres"), image_processor=tiny_image_processor)
+        args = make_args(tiny, "anyres")
+        LazySupervisedDataset(str(tiny.data), tokenizer, args, image_processor=tiny_image_processor)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -291,7 +296,10 @@ def test_collator_pads_truncates_and_masks(tokenizer):
     )
     assert set(batch) == {"input_ids", "labels", "attention_mask"}
     assert batch["input_ids"].tolist() == [[1, 5, pad, pad, pad], [1, 6, 7, 8, 9]]
-    assert batch["labels"].tolist() == [[IGNORE_INDEX, 5, pad, IGNORE_INDEX, IGNORE_INDEX], [IGNORE_INDEX, IGNORE_INDEX, 7, 8, 9]]
+    assert batch["labels"].tolist() == [
+        [IGNORE_INDEX, 5, pad, IGNORE_INDEX, IGNORE_INDEX],
+        [IGNORE_INDEX, IGNORE_INDEX, 7, 8, 9],
+    ]
     # From the lengths: the real <unk> stays visible (upstream's `input_ids != pad` would hide it).
     assert batch["attention_mask"].tolist() == [[True, True, True, False, False], [True] * 5]
 

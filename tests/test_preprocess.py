@@ -368,8 +368,10 @@ def test_style_functions_are_the_dispatch_targets(tok, function, template):
 def test_return_types_match_upstream(tok):
     two = conversation(2, image=True)
     batched = preprocess([two, two], tok, has_image=True, conv=conv_templates["vicuna_v1"])
-    assert batched["input_ids"].shape == batched["labels"].shape == (2, len(oracle(two, tok, default_conversation, True).input_ids))
-    text = preprocess([conversation(1, image=False), conversation(3, image=False)], tok, conv=conv_templates["vicuna_v1"])
+    width = len(oracle(two, tok, default_conversation, True).input_ids)
+    assert batched["input_ids"].shape == batched["labels"].shape == (2, width)
+    sources = [conversation(1, image=False), conversation(3, image=False)]
+    text = preprocess(sources, tok, conv=conv_templates["vicuna_v1"])
     short = len(oracle(conversation(1, image=False), tok, default_conversation).input_ids)
     assert text["input_ids"].dtype == torch.long and text["input_ids"].ndim == 2
     assert text["input_ids"][0, short:].eq(tok.pad_token_id).all()
@@ -468,12 +470,18 @@ def test_tokenizer_offsets_behave_as_relied_on(tok):
     text = "ASSISTANT: Hi é</s>USER:"
     encoded = tok(text, return_offsets_mapping=True)
     pieces = tok.convert_ids_to_tokens(encoded["input_ids"])
-    spans = dict(zip(pieces, encoded["offset_mapping"]))
-    assert encoded["offset_mapping"][0] == (0, 0)  # BOS covers no character
-    assert spans["▁Hi"] == (10, 13) if "▁Hi" in spans else spans["▁H"][0] == 10  # the space starts the reply token
-    assert spans["</s>"] == (text.index("</s>"), text.index("</s>") + 4)  # special token inside text: one token
-    byte_tokens = [span for piece, span in zip(pieces, encoded["offset_mapping"]) if piece in ("<0xC3>", "<0xA9>")]
-    assert byte_tokens == [(14, 15), (14, 15)]  # byte-fallback tokens share their character's span
-    assert pieces[pieces.index("</s>") + 1] == "USER"  # no "▁" after a special token (legacy: false)
-    dummy = tok("\nX", return_offsets_mapping=True)
-    assert tok.convert_ids_to_tokens(dummy["input_ids"])[1] == "▁" and dummy["offset_mapping"][1] == (0, 1)
+    assert list(zip(pieces, encoded["offset_mapping"])) == [
+        ("<s>", (0, 0)),  # BOS covers no character
+        ("▁ASSISTANT", (0, 9)),  # the dummy prefix "▁" points at the first character
+        (":", (9, 10)),
+        ("▁H", (10, 12)),  # the space before a word starts that word's token
+        ("i", (12, 13)),
+        ("▁", (13, 14)),
+        ("<0xC3>", (14, 15)),  # byte-fallback tokens share their character's span
+        ("<0xA9>", (14, 15)),
+        ("</s>", (15, 19)),  # a special token inside text is one token over its characters
+        ("USER", (19, 23)),  # no "▁" after a special token (legacy: false)
+        (":", (23, 24)),
+    ]
+    alone = tok("\nX", return_offsets_mapping=True)
+    assert tok.convert_ids_to_tokens(alone["input_ids"])[1] == "▁" and alone["offset_mapping"][1] == (0, 1)

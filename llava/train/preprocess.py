@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 import torch
@@ -52,6 +52,9 @@ from llava.constants import (
     IMAGE_TOKEN_INDEX,
 )
 from llava.conversation import Conversation, SeparatorStyle
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase as Tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -147,7 +150,8 @@ def preprocess_multimodal(
     conv = conv or conversation_lib.default_conversation
     placeholder = MMTAG_IMAGE if "mmtag" in conv.version else DEFAULT_IMAGE_TOKEN
     if mm_use_im_start_end:
-        placeholder = placeholder.replace(DEFAULT_IMAGE_TOKEN, DEFAULT_IM_START_TOKEN + DEFAULT_IMAGE_TOKEN + DEFAULT_IM_END_TOKEN)
+        wrapped = DEFAULT_IM_START_TOKEN + DEFAULT_IMAGE_TOKEN + DEFAULT_IM_END_TOKEN
+        placeholder = placeholder.replace(DEFAULT_IMAGE_TOKEN, wrapped)
     result = []
     for source in sources:
         turns = []
@@ -242,7 +246,7 @@ class _Chunk(NamedTuple):
     position: int  # where the piece starts in the prompt
 
 
-def _tokenize(texts: Sequence[str], tokenizer, *, has_image: bool) -> list[list[_Chunk]]:
+def _tokenize(texts: Sequence[str], tokenizer: Tokenizer, *, has_image: bool) -> list[list[_Chunk]]:
     """Tokenise each text as upstream does, keeping character offsets; ONE tokenizer call for all of them.
 
     Text-only prompts: ``tokenizer(text, max_length=model_max_length, truncation=True)``, one chunk each. Image
@@ -301,7 +305,10 @@ def _labels(chunks: Sequence[_Chunk], segments: Sequence[Segment]) -> list[int]:
         if index:
             labels.append(IGNORE_INDEX)  # the image placeholder
         labels.extend(
-            [token if begin < end and supervised[start + begin] else IGNORE_INDEX for token, (begin, end) in zip(ids, offsets)]
+            [
+                token if begin < end and supervised[start + begin] else IGNORE_INDEX
+                for token, (begin, end) in zip(ids, offsets)
+            ]
         )
     return labels
 
@@ -327,15 +334,16 @@ def _stack_rows(rows: Sequence[list[int]], fill: int | None) -> torch.Tensor:
 # The masking routine and its public names
 
 
-def _mask(sources: Sequence[Source], tokenizer, has_image: bool, conv: Conversation) -> tuple[list, list]:
+def _mask(sources: Sequence[Source], tokenizer: Tokenizer, has_image: bool, conv: Conversation) -> tuple[list, list]:
     """THE masking routine, for every template but '###': render, tokenise once, label by character offsets."""
     rendered = [_segments(source, conv) for source in sources]
     prompts = ["".join(text for text, _ in segments) for segments in rendered]
     tokenized = _tokenize(prompts, tokenizer, has_image=has_image)
-    return [_ids(chunks) for chunks in tokenized], [_labels(chunks, segments) for chunks, segments in zip(tokenized, rendered)]
+    labels = [_labels(chunks, segments) for chunks, segments in zip(tokenized, rendered)]
+    return [_ids(chunks) for chunks in tokenized], labels
 
 
-def _as_batch(sources: Sequence[Source], tokenizer, has_image: bool, conv: Conversation) -> dict:
+def _as_batch(sources: Sequence[Source], tokenizer: Tokenizer, has_image: bool, conv: Conversation) -> dict:
     # Upstream stacks image prompts and pads text-only ones: (N, L) tensors either way.
     input_ids, labels = _mask(sources, tokenizer, has_image, conv)
     pad = tokenizer.pad_token_id if len(input_ids) > 1 else None
@@ -349,25 +357,29 @@ def _checked(conv: Conversation | None, default: str, style: SeparatorStyle, nam
     return conv
 
 
-def preprocess_v1(sources: Sequence[Source], tokenizer, has_image: bool = False, *, conv: Conversation | None = None) -> dict:
+def preprocess_v1(
+    sources: Sequence[Source], tokenizer: Tokenizer, has_image: bool = False, *, conv: Conversation | None = None
+) -> dict:
     """Vicuna v1 / LLaVA v1 templates (``SeparatorStyle.TWO``); ``conv`` defaults to vicuna_v1."""
     return _as_batch(sources, tokenizer, has_image, _checked(conv, "vicuna_v1", SeparatorStyle.TWO, "preprocess_v1"))
 
 
 def preprocess_llama_2(
-    sources: Sequence[Source], tokenizer, has_image: bool = False, *, conv: Conversation | None = None
+    sources: Sequence[Source], tokenizer: Tokenizer, has_image: bool = False, *, conv: Conversation | None = None
 ) -> dict:
     """Llama-2 chat templates (``SeparatorStyle.LLAMA_2``); ``conv`` defaults to llava_llama_2."""
     conv = _checked(conv, "llava_llama_2", SeparatorStyle.LLAMA_2, "preprocess_llama_2")
     return _as_batch(sources, tokenizer, has_image, conv)
 
 
-def preprocess_mpt(sources: Sequence[Source], tokenizer, has_image: bool = False, *, conv: Conversation | None = None) -> dict:
+def preprocess_mpt(
+    sources: Sequence[Source], tokenizer: Tokenizer, has_image: bool = False, *, conv: Conversation | None = None
+) -> dict:
     """ChatML templates (``SeparatorStyle.MPT``: mpt, chatml_direct); ``conv`` defaults to mpt."""
     return _as_batch(sources, tokenizer, has_image, _checked(conv, "mpt", SeparatorStyle.MPT, "preprocess_mpt"))
 
 
-def preprocess_plain(sources: Sequence[Source], tokenizer, *, conv: Conversation | None = None) -> dict:
+def preprocess_plain(sources: Sequence[Source], tokenizer: Tokenizer, *, conv: Conversation | None = None) -> dict:
     """Projector pretraining: ``<image>`` + caption + sep, only the caption and sep supervised.
 
     As upstream, the first turn is replaced by the bare ``<image>`` placeholder (its text, including any
@@ -378,12 +390,15 @@ def preprocess_plain(sources: Sequence[Source], tokenizer, *, conv: Conversation
     return dict(input_ids=[_long(ids) for ids in input_ids], labels=[_long(row) for row in labels])
 
 
-def _preprocess_hash_format(sources: Sequence[Source], tokenizer, has_image: bool, conv: Conversation) -> dict:
-    """Upstream's generic path ("### Human: ...\\n### Assistant: ...\\n### "), reproduced exactly.
+def _preprocess_hash_format(
+    sources: Sequence[Source], tokenizer: Tokenizer, has_image: bool, conv: Conversation
+) -> dict:
+    """Upstream's generic path ("### Human: ...\\n### Assistant: ...\\n### "), reproduced bug for bug.
 
-    Kept bug-for-bug because upstream never reports a mismatch here, so every sample it trains on must train the
-    same: each turn is tokenised alone (with its own BOS) to step a cursor, the first two tokens of every human turn
-    stay supervised, and the "### Assistant: " prefixes and the final "### " are supervised too.
+    Upstream never reports a mismatch here, so every sample it trains on must train the same. Its quirks: the
+    header and each turn are tokenised alone (each with its own BOS) to step a cursor through the prompt, so the
+    cursor drifts a token per turn; from each human turn the first two tokens stay supervised; assistant turns are
+    supervised with their "### Assistant: " prefix, and so is the final "### ".
     """
     header = f"{conv.system}\n\n"
     input_ids, labels = [], []
@@ -396,7 +411,7 @@ def _preprocess_hash_format(sources: Sequence[Source], tokenizer, has_image: boo
         ids, lengths = encoded[0], [_counted_length(piece_ids, tokenizer, has_image) for piece_ids in encoded[1:]]
         target = list(ids)
         cursor = lengths[0]
-        target[:cursor] = [IGNORE_INDEX] * len(target[:cursor])
+        target[:cursor] = [IGNORE_INDEX] * min(cursor, len(target))
         for turn, length in zip(turns, lengths[1:]):
             if turn.from_human:
                 span = target[cursor + 2 : cursor + length]
@@ -407,14 +422,16 @@ def _preprocess_hash_format(sources: Sequence[Source], tokenizer, has_image: boo
     return dict(input_ids=input_ids, labels=labels)
 
 
-def _counted_length(ids: Sequence[int], tokenizer, has_image: bool) -> int:
+def _counted_length(ids: Sequence[int], tokenizer: Tokenizer, has_image: bool) -> int:
     # Upstream's _tokenize_fn counts non-pad tokens; the image path counts all of them.
     if has_image:
         return len(ids)
     return sum(1 for token in ids if token != tokenizer.pad_token_id)
 
 
-def preprocess(sources: Sequence[Source], tokenizer, has_image: bool = False, conv: Conversation | None = None) -> dict:
+def preprocess(
+    sources: Sequence[Source], tokenizer: Tokenizer, has_image: bool = False, conv: Conversation | None = None
+) -> dict:
     """Tokenise conversations with template ``conv`` and mask everything but the assistant replies.
 
     ``sources`` is a list of conversations (lists of ``{"from", "value"}`` turns), ``conv`` defaults to
