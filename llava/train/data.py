@@ -1,0 +1,262 @@
+"""Training data: LLaVA's JSON conversations as tokenised, masked samples with their images, and batching.
+
+The dataset reads the whole file once (a JSON list, or JSON Lines), checks every record cheaply before training
+starts (roles, ``<image>`` placeholders, image field) and works lazily per sample afterwards: one tokenisation of
+the rendered prompt and one image preprocess, no deep copies.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch.utils.data import Dataset
+
+from llava import conversation as conversation_lib
+from llava.constants import DEFAULT_IMAGE_TOKEN, IGNORE_INDEX
+from llava.conversation import Conversation
+from llava.mm_utils import process_images
+from llava.train.preprocess import preprocess, preprocess_multimodal, validate_conversation
+
+logger = logging.getLogger(__name__)
+
+# Upstream's length heuristics for LengthGroupedSampler: words per conversation, plus this many for an image.
+IMAGE_LENGTH_BONUS = 128
+# How many invalid records an error message lists before summarising the rest.
+MAX_REPORTED_PROBLEMS = 10
+
+
+def load_records(data_path: str | os.PathLike) -> list[dict]:
+    """Read a JSON list of records, or JSON Lines (one record per line); raise naming the file and line."""
+    path = Path(data_path)
+    if not path.is_file():
+        raise FileNotFoundError(f"training data {str(path)!r} not found; check --data_path")
+    text = path.read_text(encoding="utf-8")
+    if text.lstrip().startswith("["):
+        try:
+            records = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path}: not valid JSON ({err})") from err
+    else:
+        records = []
+        for number, line in enumerate(text.splitlines(), start=1):
+            if line.strip():
+                try:
+                    records.append(json.loads(line))
+                except json.JSONDecodeError as err:
+                    raise ValueError(f"{path}, line {number}: not valid JSON Lines ({err})") from err
+    if not all(isinstance(record, dict) for record in records):
+        raise ValueError(f"{path}: every record must be an object with 'id', 'conversations' and optionally 'image'")
+    return records
+
+
+class LazySupervisedDataset(Dataset):
+    """Dataset for supervised fine-tuning, same items as upstream's.
+
+    ``__getitem__`` returns ``input_ids`` and ``labels`` (1-D), and in a multimodal run ``image``: a (3, H, W)
+    tensor for ``square``/``pad``, a (1 + patches, 3, H, W) tensor plus ``image_size`` (width, height) for
+    ``anyres``, and a zero (3, crop, crop) image for text-only samples (with ``image_size`` under anyres).
+
+    Everything beyond upstream's three arguments is explicit and keyword-only: the image processor (the vision
+    tower's), the conversation template (default: ``default_conversation``), whether the image is wrapped in
+    ``<im_start>``/``<im_end>``, and the anyres grid (default: ``data_args.image_grid_pinpoints``).
+    """
+
+    def __init__(
+        self,
+        data_path: str,
+        tokenizer,
+        data_args,
+        *,
+        image_processor=None,
+        conv: Conversation | None = None,
+        mm_use_im_start_end: bool = False,
+        image_grid_pinpoints: str | list | None = None,
+    ) -> None:
+        super().__init__()
+        self.data_path = str(data_path)
+        self.tokenizer = tokenizer
+        self.data_args = data_args
+        self.image_processor = image_processor
+        self.conv = conv or conversation_lib.default_conversation
+        self.mm_use_im_start_end = mm_use_im_start_end
+        self.image_aspect_ratio = data_args.image_aspect_ratio
+        self.image_grid_pinpoints = image_grid_pinpoints or data_args.image_grid_pinpoints
+        # What llava.mm_utils.process_images reads from a model config.
+        self._image_config = SimpleNamespace(
+            image_aspect_ratio=self.image_aspect_ratio, image_grid_pinpoints=self.image_grid_pinpoints
+        )
+        self.list_data_dict = load_records(data_path)
+        self._check_settings()
+        self._lengths, self._modality_lengths = self._scan()
+        logger.info("%d samples from %s (template %r)", len(self), self.data_path, self.conv.version)
+
+    # -- checks and lengths, once ------------------------------------------------------------------------------
+
+    def _check_settings(self) -> None:
+        if self.data_args.is_multimodal and self.image_processor is None:
+            raise ValueError("a multimodal run needs the vision tower's image processor: pass image_processor=")
+        if self.data_args.is_multimodal and self.image_aspect_ratio == "anyres" and not self.image_grid_pinpoints:
+            raise ValueError("--image_aspect_ratio anyres needs --image_grid_pinpoints, e.g. '[[336,672],[672,336]]'")
+
+    def _scan(self) -> tuple[list[int], list[int]]:
+        """Validate every record and compute upstream's word-count lengths in one pass."""
+        problems, without_reply = [], []
+        lengths, modality_lengths = [], []
+        for index, record in enumerate(self.list_data_dict):
+            words = 0
+            try:
+                turns = record.get("conversations")
+                validate_conversation(turns, self.conv)
+                self._check_image_fields(record, turns)
+                words = sum(len(turn["value"].split()) for turn in turns)
+                # A first gpt turn is dropped, so only later replies train anything.
+                if not any(turn["from"] == "gpt" and turn["value"] for turn in turns[1:]):
+                    without_reply.append(self._sample_id(index))
+            except ValueError as err:
+                problems.append(f"sample {self._sample_id(index)!r} (record {index}): {err}")
+            has_image = "image" in record
+            lengths.append(words + (IMAGE_LENGTH_BONUS if has_image else 0))
+            modality_lengths.append(words if has_image else -words)
+        if without_reply:
+            logger.warning(
+                "%d sample(s) in %s have no assistant reply after the first human turn and train nothing: %s",
+                len(without_reply), self.data_path, ", ".join(map(repr, without_reply[:MAX_REPORTED_PROBLEMS])),
+            )
+        if problems:
+            listed = "\n  ".join(problems[:MAX_REPORTED_PROBLEMS])
+            more = len(problems) - MAX_REPORTED_PROBLEMS
+            raise ValueError(
+                f"{self.data_path}: {len(problems)} invalid sample(s); fix or remove them:\n  {listed}"
+                + (f"\n  ... and {more} more" if more > 0 else "")
+            )
+        return lengths, modality_lengths
+
+    def _check_image_fields(self, record: dict, turns: Sequence[dict]) -> None:
+        if "image" not in record:
+            return  # as upstream, a "<image>" in a text-only sample is plain text
+        if not isinstance(record["image"], str):
+            raise ValueError(f"'image' must be one file path (a string); got {type(record['image']).__name__}")
+        if not self.data_args.is_multimodal:
+            raise ValueError("the sample has an image but the run is text-only; set --vision_tower or drop the image")
+        # The model splices one image per placeholder: another count crashes deep inside it upstream (#677, #732).
+        placeholders = sum(DEFAULT_IMAGE_TOKEN in turn["value"] for turn in turns)
+        if placeholders != 1:
+            raise ValueError(
+                f"{placeholders} turns contain '{DEFAULT_IMAGE_TOKEN}'; a sample with an image needs exactly one "
+                "(usually at the start of the first human turn)"
+            )
+
+    def _sample_id(self, index: int) -> Any:
+        return self.list_data_dict[index].get("id", f"#{index}")
+
+    def __len__(self) -> int:
+        return len(self.list_data_dict)
+
+    @property
+    def lengths(self) -> list[int]:
+        """Words per sample, +128 for samples with an image (upstream's heuristic for length grouping)."""
+        return self._lengths
+
+    @property
+    def modality_lengths(self) -> list[int]:
+        """Words per sample, negative for text-only samples (upstream's LengthGroupedSampler convention)."""
+        return self._modality_lengths
+
+    # -- one sample --------------------------------------------------------------------------------------------
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        record = self.list_data_dict[i]
+        has_image = "image" in record
+        item: dict[str, Any] = {}
+        sources = [record["conversations"]]
+        if has_image:
+            image = self._open_image(i)
+            item.update(self._image_tensors(image))
+            sources = preprocess_multimodal(
+                sources, self.data_args, mm_use_im_start_end=self.mm_use_im_start_end, conv=self.conv
+            )
+        elif self.data_args.is_multimodal:
+            item.update(self._zero_image())
+        # preprocess never modifies its input, so the record needs no copy.
+        data = preprocess(sources, self.tokenizer, has_image=has_image, conv=self.conv)
+        item["input_ids"], item["labels"] = data["input_ids"][0], data["labels"][0]
+        return item
+
+    def _open_image(self, i: int) -> Image.Image:
+        path = os.path.join(self.data_args.image_folder or "", self.list_data_dict[i]["image"])
+        try:
+            with Image.open(path) as image:
+                return image.convert("RGB")
+        except FileNotFoundError as err:
+            raise FileNotFoundError(
+                f"sample {self._sample_id(i)!r} in {self.data_path}: image {path!r} not found; check --image_folder "
+                f"(now {self.data_args.image_folder!r}) and the sample's 'image' field"
+            ) from err
+        except (UnidentifiedImageError, OSError) as err:
+            raise OSError(
+                f"sample {self._sample_id(i)!r} in {self.data_path}: image {path!r} cannot be read ({err}); "
+                "replace the file or drop the sample"
+            ) from err
+
+    def _image_tensors(self, image: Image.Image) -> dict[str, Any]:
+        pixels = process_images([image], self.image_processor, self._image_config)[0]
+        if self.image_aspect_ratio == "anyres":
+            return {"image": pixels, "image_size": image.size}
+        return {"image": pixels}
+
+    def _zero_image(self) -> dict[str, Any]:
+        crop = self.image_processor.crop_size
+        item: dict[str, Any] = {"image": torch.zeros(3, crop["height"], crop["width"])}
+        if self.image_aspect_ratio == "anyres":
+            item["image_size"] = (crop["width"], crop["height"])
+        return item
+
+
+@dataclass
+class DataCollatorForSupervisedDataset:
+    """Pad and truncate a list of samples into a batch (upstream's collator, plus ``image_sizes`` for anyres)."""
+
+    tokenizer: Any
+
+    def __call__(self, instances: Sequence[dict]) -> dict[str, Any]:
+        pad_id = self.tokenizer.pad_token_id
+        if pad_id is None:
+            raise ValueError("the tokenizer has no pad token; set tokenizer.pad_token (LLaVA uses the unk token)")
+        limit = self.tokenizer.model_max_length
+        input_ids = torch.nn.utils.rnn.pad_sequence(
+            [instance["input_ids"] for instance in instances], batch_first=True, padding_value=pad_id
+        )[:, :limit]
+        labels = torch.nn.utils.rnn.pad_sequence(
+            [instance["labels"] for instance in instances], batch_first=True, padding_value=IGNORE_INDEX
+        )[:, :limit]
+        # From the lengths, not `input_ids != pad_id` as upstream: with pad = unk, a real <unk> in the text would be
+        # hidden from attention.
+        lengths = torch.tensor([len(instance["input_ids"]) for instance in instances])
+        attention_mask = torch.arange(input_ids.shape[1]).unsqueeze(0) < lengths.unsqueeze(1)
+        batch = dict(input_ids=input_ids, labels=labels, attention_mask=attention_mask)
+        if "image" in instances[0]:
+            images = [instance["image"] for instance in instances]
+            same_shape = all(image is not None and image.shape == images[0].shape for image in images)
+            batch["images"] = torch.stack(images) if same_shape else images
+        if "image_size" in instances[0]:
+            batch["image_sizes"] = [instance["image_size"] for instance in instances]
+        return batch
+
+
+def make_supervised_data_module(tokenizer, data_args, **dataset_kwargs) -> dict:
+    """Dataset and collator for supervised fine-tuning; ``dataset_kwargs`` go to :class:`LazySupervisedDataset`."""
+    train_dataset = LazySupervisedDataset(data_args.data_path, tokenizer, data_args, **dataset_kwargs)
+    return dict(
+        train_dataset=train_dataset,
+        eval_dataset=None,
+        data_collator=DataCollatorForSupervisedDataset(tokenizer=tokenizer),
+    )
