@@ -20,6 +20,7 @@ partitioning on CPU (docs/qlora_zero3.md).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Literal
@@ -224,3 +225,20 @@ def _buckets(
         size += nbytes
     if bucket:
         yield bucket
+
+
+@contextlib.contextmanager
+def gathered_for_modification(params: Sequence[torch.Tensor]) -> Iterator[None]:
+    """Inside, ZeRO-3 partitioned ``params`` are whole; what rank 0 writes to them is kept when they are
+    re-partitioned on exit. All ranks must enter together. Without ZeRO-3 this does nothing.
+
+    For loading weights into an already partitioned model (e.g. a pretrained projector).
+    """
+    partitioned = [param for param in params if hasattr(param, "ds_id")]
+    if not partitioned:
+        yield
+        return
+    import deepspeed
+
+    with deepspeed.zero.GatheredParameters(partitioned, modifier_rank=0):
+        yield

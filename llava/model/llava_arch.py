@@ -1,0 +1,380 @@
+"""What turns a causal language model into LLaVA: a vision tower, a projector, and the splice of image features
+into the token embeddings (upstream's mixins ``LlavaMetaModel`` and ``LlavaMetaForCausalLM``, same names).
+
+The splice (:meth:`LlavaMetaForCausalLM.prepare_inputs_labels_for_multimodal`) keeps upstream's semantics exactly:
+every ``IMAGE_TOKEN_INDEX`` (-200) in ``input_ids`` is replaced by the features of the next image, a sample without
+an image token still consumes one image (the zero image the data collator gives text-only samples), labels are
+``IGNORE_INDEX`` over image features, padding is removed and re-applied on ``config.tokenizer_padding_side``, and
+sequences are truncated to ``config.tokenizer_model_max_length``. Unlike upstream's per-sample Python loop it is
+vectorised: output positions come from cumulative sums, all text tokens of the batch go through ONE embedding call
+straight into the output tensor and the image features are written into it with one indexed copy; the only host
+synchronisation is reading the batch's output length.
+
+One deliberate difference: padding positions hold the embedding of token 0 instead of zeros. They are masked out of
+attention and carry ``IGNORE_INDEX`` labels, so logits at real positions and the loss are unchanged, and skipping
+the zero fill saves a full pass over the output.
+"""
+
+from __future__ import annotations
+
+import logging
+from abc import ABC, abstractmethod
+
+import torch
+import torch.nn as nn
+
+from llava.constants import (
+    DEFAULT_IM_END_TOKEN,
+    DEFAULT_IM_START_TOKEN,
+    DEFAULT_IMAGE_PATCH_TOKEN,
+    IGNORE_INDEX,
+    IMAGE_TOKEN_INDEX,
+)
+from llava.mm_utils import get_anyres_image_grid_shape
+
+from .multimodal_encoder.builder import build_vision_tower
+from .multimodal_projector.builder import build_vision_projector
+
+logger = logging.getLogger(__name__)
+
+PROJECTOR_KEY = "mm_projector."
+
+
+def _zero3_modifiable(params):
+    """A context in which ZeRO-3 partitioned ``params`` are whole and rank 0's changes are kept (no-op otherwise)."""
+    from llava.train.zero3 import gathered_for_modification
+
+    return gathered_for_modification(params)
+
+
+class LlavaMetaModel:
+    """Mixed into the base model (``LlamaModel``): owns ``vision_tower``, ``mm_projector`` and ``image_newline``."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        if getattr(config, "mm_vision_tower", None) is not None:
+            self.vision_tower = build_vision_tower(config, delay_load=True)
+            self.mm_projector = build_vision_projector(config)
+            if "unpad" in getattr(config, "mm_patch_merge_type", ""):
+                self.image_newline = nn.Parameter(torch.zeros(config.hidden_size, dtype=self.dtype))
+
+    def get_vision_tower(self):
+        vision_tower = getattr(self, "vision_tower", None)
+        if isinstance(vision_tower, list):  # kept out of the module tree under FSDP, as upstream
+            vision_tower = vision_tower[0]
+        return vision_tower
+
+    def initialize_vision_modules(self, model_args, fsdp=None) -> None:
+        """Attach (or load) the vision tower and projector described by training arguments.
+
+        Records the ``mm_*`` fields in ``self.config`` as upstream does, creates the projector unless the model
+        already has one (then it is made trainable again, in case LoRA froze it), and loads
+        ``model_args.pretrain_mm_mlp_adapter`` (an ``mm_projector.bin``) into it.
+        """
+        vision_tower_name = model_args.vision_tower
+        merge_type = model_args.mm_patch_merge_type
+        self.config.mm_vision_tower = vision_tower_name
+        use_fsdp = fsdp is not None and len(fsdp) > 0
+
+        if self.get_vision_tower() is None:
+            vision_tower = build_vision_tower(model_args)
+            self.vision_tower = [vision_tower] if use_fsdp else vision_tower
+        else:
+            vision_tower = self.get_vision_tower()
+            vision_tower.load_model()
+
+        self.config.use_mm_proj = True
+        self.config.mm_projector_type = getattr(model_args, "mm_projector_type", "linear")
+        self.config.mm_hidden_size = vision_tower.hidden_size
+        self.config.mm_vision_select_layer = model_args.mm_vision_select_layer
+        self.config.mm_vision_select_feature = model_args.mm_vision_select_feature
+        self.config.mm_patch_merge_type = merge_type
+
+        if getattr(self, "mm_projector", None) is None:
+            self.mm_projector = build_vision_projector(self.config)
+            if "unpad" in merge_type:
+                std = self.config.hidden_size**-0.5
+                self.image_newline = nn.Parameter(torch.randn(self.config.hidden_size, dtype=self.dtype) * std)
+        else:
+            for param in self.mm_projector.parameters():
+                param.requires_grad = True
+
+        if model_args.pretrain_mm_mlp_adapter is not None:
+            self.load_mm_projector(model_args.pretrain_mm_mlp_adapter)
+
+    def load_mm_projector(self, path) -> None:
+        """Load projector weights from an ``mm_projector.bin`` (keys containing ``mm_projector.``)."""
+        from llava.model.state_files import load_state_file
+
+        state = load_state_file(path)
+        weights = {key.split(PROJECTOR_KEY, 1)[1]: value for key, value in state.items() if PROJECTOR_KEY in key}
+        if not weights:
+            raise ValueError(
+                f"{path} holds no projector weights (no key contains {PROJECTOR_KEY!r}); pass the mm_projector.bin "
+                "written by a projector-pretraining run (--tune_mm_mlp_adapter True)."
+            )
+        with _zero3_modifiable(list(self.mm_projector.parameters())):
+            try:
+                self.mm_projector.load_state_dict(weights)
+            except RuntimeError as error:
+                raise ValueError(
+                    f"The projector in {path} does not fit this model ({self.config.mm_projector_type}, "
+                    f"{self.config.mm_hidden_size} -> {self.config.hidden_size}): {error}. Check --mm_projector_type "
+                    "and that the adapter was pretrained for this language model and vision tower."
+                ) from None
+
+
+def unpad_image(tensor: torch.Tensor, original_size) -> torch.Tensor:
+    """Crop the padding ``resize_and_pad_image`` added back off a (C, H, W) feature map.
+
+    ``original_size`` is the image's (width, height) before anyres processing.
+    """
+    original_width, original_height = original_size
+    height, width = tensor.shape[1:]
+    if original_width / original_height > width / height:
+        new_height = int(original_height * (width / original_width))
+        padding = (height - new_height) // 2
+        return tensor[:, padding : height - padding, :]
+    new_width = int(original_width * (height / original_height))
+    padding = (width - new_width) // 2
+    return tensor[:, :, padding : width - padding]
+
+
+class LlavaMetaForCausalLM(ABC):
+    """Mixed into the causal LM: image encoding, the multimodal splice and vision-token setup."""
+
+    @abstractmethod
+    def get_model(self):
+        """The base model carrying the LlavaMetaModel parts."""
+
+    def get_vision_tower(self):
+        return self.get_model().get_vision_tower()
+
+    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        features = self.get_model().get_vision_tower()(images)
+        projector = self.get_model().mm_projector
+        first_param = next(projector.parameters(), None)
+        if first_param is not None:
+            # The collator hands float32 pixels; the projector may be bf16 (or fp16 on GPU).
+            features = features.to(first_param.dtype)
+        return projector(features)
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Image features
+
+    def _image_features(self, images, image_sizes):
+        """(N, P, D) for a plain 4-D batch; else one (P_i, D) tensor per image after the patch merge."""
+        if not (isinstance(images, list) or images.ndim == 5):
+            return self.encode_images(images)
+        if isinstance(images, list):
+            images = [image.unsqueeze(0) if image.ndim == 3 else image for image in images]
+        split_sizes = [image.shape[0] for image in images]
+        features = torch.split(self.encode_images(torch.cat(list(images), dim=0)), split_sizes, dim=0)
+        return self._merge_patches(features, image_sizes)
+
+    def _merge_patches(self, features, image_sizes) -> list[torch.Tensor]:
+        merge_type = getattr(self.config, "mm_patch_merge_type", "flat")
+        if merge_type == "flat":
+            return [feature.flatten(0, 1) for feature in features]
+        if not merge_type.startswith("spatial"):
+            raise ValueError(f"Unexpected mm_patch_merge_type: {merge_type!r} (use flat, spatial or spatial_unpad)")
+        unpad = "unpad" in merge_type
+        merged = []
+        for index, feature in enumerate(features):
+            if feature.shape[0] == 1:
+                feature = feature[0]
+                if unpad:
+                    feature = torch.cat((feature, self.get_model().image_newline[None].to(feature)), dim=0)
+                merged.append(feature)
+                continue
+            base, tiles = feature[0], feature[1:]
+            tiles = self._arrange_tiles(tiles, base, image_sizes, index, unpad)
+            merged.append(torch.cat((base, tiles), dim=0))
+        return merged
+
+    def _arrange_tiles(self, tiles, base, image_sizes, index, unpad) -> torch.Tensor:
+        """Lay anyres tile features out row by row (spatial), optionally cropped and with a newline per row."""
+        vision_tower = self.get_vision_tower()
+        side = vision_tower.num_patches_per_side
+        if side * side != base.shape[0]:
+            raise ValueError(f"the base image has {base.shape[0]} features; expected {side}x{side} patches")
+        if getattr(self.config, "image_aspect_ratio", "square") != "anyres":
+            raise NotImplementedError("spatial patch merging needs image_aspect_ratio 'anyres'")
+        if image_sizes is None:
+            raise ValueError("anyres images need image_sizes (each image's original (width, height))")
+        columns, rows = get_anyres_image_grid_shape(
+            image_sizes[index], self.config.image_grid_pinpoints, vision_tower.config.image_size
+        )
+        tiles = tiles.view(rows, columns, side, side, -1)
+        if not unpad:
+            return tiles.permute(0, 2, 1, 3, 4).flatten(0, 3)
+        grid = tiles.permute(4, 0, 2, 1, 3).flatten(1, 2).flatten(2, 3)  # (D, rows*side, columns*side)
+        grid = unpad_image(grid, image_sizes[index])
+        newline = self.get_model().image_newline[:, None, None].expand(*grid.shape[:-1], 1).to(grid)
+        return torch.cat((grid, newline), dim=-1).flatten(1, 2).transpose(0, 1)
+
+    # ------------------------------------------------------------------------------------------------------------
+    # The splice
+
+    def prepare_inputs_labels_for_multimodal(
+        self, input_ids, position_ids, attention_mask, past_key_values, labels, images, image_sizes=None
+    ):
+        """Replace image tokens by image features; returns upstream's tuple
+        ``(None, position_ids, attention_mask, past_key_values, inputs_embeds, labels)``.
+
+        Inputs pass through unchanged (with ``inputs_embeds=None``) when there is no vision tower, no image, or a
+        single-token step of generation.
+        """
+        vision_tower = self.get_vision_tower()
+        if vision_tower is None or images is None or input_ids.shape[1] == 1:
+            return input_ids, position_ids, attention_mask, past_key_values, None, labels
+        if getattr(self.config, "tune_mm_mlp_adapter", False) and getattr(self.config, "mm_use_im_start_end", False):
+            raise NotImplementedError("projector pretraining with mm_use_im_start_end is not supported (as upstream)")
+
+        features = self._image_features(images, image_sizes)
+        embeds, new_labels, new_mask, new_positions = self._splice(input_ids, attention_mask, labels, features)
+        return (
+            None,
+            new_positions if position_ids is not None else None,
+            new_mask.to(attention_mask.dtype) if attention_mask is not None else None,
+            past_key_values,
+            embeds,
+            new_labels if labels is not None else None,
+        )
+
+    def _splice(self, input_ids, attention_mask, labels, features):
+        device = input_ids.device
+        batch, length = input_ids.shape
+        keep = attention_mask.bool() if attention_mask is not None else torch.ones_like(input_ids, dtype=torch.bool)
+        is_image = (input_ids == IMAGE_TOKEN_INDEX) & keep
+        flat, image_of_row, offset_in_image, feature_lengths = _flatten_features(features, device)
+        num_images = feature_lengths.shape[0]
+
+        # Which image each image token takes: images are consumed in order, a sample without image tokens
+        # consumes one (upstream's convention for the zero image of text-only samples).
+        images_per_sample = is_image.sum(dim=1)
+        consumed = images_per_sample.clamp(min=1)
+        first_image = torch.cumsum(consumed, dim=0) - consumed
+        image_index = torch.where(is_image, first_image[:, None] + torch.cumsum(is_image, dim=1) - 1, 0)
+
+        # Output length of every input position, and where it starts in its (unpadded) output row.
+        token_length = torch.where(is_image, feature_lengths[image_index.clamp(max=max(num_images - 1, 0))], keep.long())
+        start = torch.cumsum(token_length, dim=1) - token_length
+        row_length = token_length.sum(dim=1)
+        max_length = getattr(self.config, "tokenizer_model_max_length", None)
+        if max_length is not None:
+            row_length = row_length.clamp(max=max_length)
+
+        # The one host synchronisation: the batch's output length (and the images it needs, for a clear error).
+        out_length, images_needed = torch.stack([row_length.max(), consumed.sum()]).tolist()
+        if images_needed > num_images:
+            raise ValueError(
+                f"The batch needs {images_needed} images ({int(is_image.sum())} image tokens; a sample without an "
+                f"image token takes one placeholder image) but {num_images} were given."
+            )
+
+        left_padded = getattr(self.config, "tokenizer_padding_side", "right") == "left"
+        shift = (out_length - row_length) if left_padded else torch.zeros_like(row_length)
+        trash = out_length  # an extra column that collects everything not written to the output; sliced off
+
+        is_text = keep & ~is_image & (start < row_length[:, None])
+        text_destination = torch.where(is_text, start + shift[:, None], trash)
+        token_ids = torch.zeros(batch, out_length + 1, dtype=input_ids.dtype, device=device)
+        token_ids.scatter_(1, text_destination, input_ids.clamp(min=0))
+        embeds = self.get_model().embed_tokens(token_ids)
+
+        # Where each image starts (row, unshifted offset); images no token refers to stay out of range.
+        slot = torch.where(is_image, image_index, num_images).flatten()
+        image_row = torch.zeros(num_images + 1, dtype=torch.long, device=device)
+        image_row.scatter_(0, slot, torch.arange(batch, device=device).repeat_interleave(length))
+        image_start = torch.full((num_images + 1,), torch.iinfo(torch.long).max // 2, device=device)
+        image_start.scatter_(0, slot, start.flatten())
+        rows = image_row[image_of_row]
+        position = image_start[image_of_row] + offset_in_image
+        inside = position < row_length[rows]
+        columns = torch.where(inside, position + shift[rows], trash)
+        values = flat.to(device=embeds.device, dtype=embeds.dtype)
+        if embeds.is_leaf and embeds.requires_grad:
+            # enable_input_require_grads() made the embedding output a leaf: no in-place writes allowed.
+            embeds = embeds.index_put((rows, columns), values)
+        else:
+            embeds.index_put_((rows, columns), values)
+        embeds = embeds[:, :out_length]
+
+        new_labels = None
+        if labels is not None:
+            new_labels = torch.full((batch, out_length + 1), IGNORE_INDEX, dtype=labels.dtype, device=device)
+            new_labels.scatter_(1, text_destination, labels)
+            new_labels = new_labels[:, :out_length]
+
+        columns_out = torch.arange(out_length, device=device)[None, :]
+        new_mask = (columns_out >= shift[:, None]) & (columns_out < (shift + row_length)[:, None])
+        new_positions = torch.where(new_mask, columns_out - shift[:, None], 0)
+        return embeds, new_labels, new_mask, new_positions
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Tokenizer
+
+    def initialize_vision_tokenizer(self, model_args, tokenizer) -> None:
+        """Add LLaVA's optional image tokens to ``tokenizer`` and size the embeddings to match (as upstream)."""
+        if model_args.mm_use_im_patch_token:
+            tokenizer.add_tokens([DEFAULT_IMAGE_PATCH_TOKEN], special_tokens=True)
+            self.resize_token_embeddings(len(tokenizer))
+
+        if model_args.mm_use_im_start_end:
+            added = tokenizer.add_tokens([DEFAULT_IM_START_TOKEN, DEFAULT_IM_END_TOKEN], special_tokens=True)
+            self.resize_token_embeddings(len(tokenizer))
+            input_embeddings = self.get_input_embeddings().weight
+            output_embeddings = self.get_output_embeddings().weight
+            if added > 0:
+                with _zero3_modifiable([input_embeddings, output_embeddings]), torch.no_grad():
+                    # New tokens start at the mean of the existing ones.
+                    input_embeddings[-added:] = input_embeddings[:-added].mean(dim=0, keepdim=True)
+                    output_embeddings[-added:] = output_embeddings[:-added].mean(dim=0, keepdim=True)
+            if model_args.tune_mm_mlp_adapter:
+                self.get_input_embeddings().requires_grad_(True)
+                self.get_output_embeddings().requires_grad_(False)
+            if model_args.pretrain_mm_mlp_adapter:
+                self._load_pretrained_image_token_embeddings(model_args.pretrain_mm_mlp_adapter, added)
+        elif model_args.mm_use_im_patch_token and model_args.tune_mm_mlp_adapter:
+            self.get_input_embeddings().requires_grad_(False)
+            self.get_output_embeddings().requires_grad_(False)
+
+    def _load_pretrained_image_token_embeddings(self, path, added: int) -> None:
+        from llava.model.state_files import load_state_file
+
+        pretrained = load_state_file(path).get("model.embed_tokens.weight")
+        if pretrained is None:
+            raise ValueError(
+                f"{path} has no 'model.embed_tokens.weight', which --mm_use_im_start_end needs from a projector "
+                "pretrained with --mm_use_im_start_end True."
+            )
+        if added != 2:
+            raise ValueError(f"expected 2 new image start/end tokens in the tokenizer, {added} were added")
+        embeddings = self.get_input_embeddings().weight
+        with _zero3_modifiable([embeddings]), torch.no_grad():
+            if pretrained.shape == embeddings.shape:
+                embeddings[-added:] = pretrained[-added:]
+            elif pretrained.shape[0] == added:
+                embeddings[-added:] = pretrained
+            else:
+                raise ValueError(
+                    f"Unexpected embed_tokens_weight shape in {path}: {tuple(pretrained.shape)}; the model has "
+                    f"{tuple(embeddings.shape)} and {added} new tokens."
+                )
+
+
+def _flatten_features(features, device):
+    """All image feature rows as one (R, D) tensor, plus per row its image and offset, and per image its length."""
+    if isinstance(features, torch.Tensor):
+        count, per_image, hidden = features.shape
+        rows = torch.arange(count * per_image, device=device)
+        lengths = torch.full((count,), per_image, dtype=torch.long, device=device)
+        return features.reshape(count * per_image, hidden), rows // per_image, rows % per_image, lengths
+    host_lengths = [feature.shape[0] for feature in features]
+    total = sum(host_lengths)
+    lengths = torch.tensor(host_lengths, dtype=torch.long, device=device)
+    image_of_row = torch.repeat_interleave(torch.arange(len(host_lengths), device=device), lengths, output_size=total)
+    starts = torch.cumsum(lengths, dim=0) - lengths
+    offsets = torch.arange(total, device=device) - starts[image_of_row]
+    return torch.cat(list(features), dim=0), image_of_row, offsets, lengths

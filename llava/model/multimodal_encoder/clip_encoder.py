@@ -1,0 +1,93 @@
+"""The CLIP vision tower LLaVA reads image features from."""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+import torch.nn as nn
+from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel
+from transformers.utils import logging as hf_logging
+
+logger = logging.getLogger(__name__)
+
+
+class CLIPVisionTower(nn.Module):
+    """A frozen ``CLIPVisionModel`` returning the hidden states of ``mm_vision_select_layer``.
+
+    With ``delay_load`` only the config is read (the weights are loaded later by ``load_model``), as when a LLaVA
+    checkpoint is instantiated: its weights do not contain the tower, which lives at ``mm_vision_tower``.
+    """
+
+    def __init__(self, vision_tower: str, args, delay_load: bool = False):
+        super().__init__()
+        self.is_loaded = False
+        self.vision_tower_name = vision_tower
+        self.select_layer = args.mm_vision_select_layer
+        self.select_feature = getattr(args, "mm_vision_select_feature", "patch")
+        if not delay_load or getattr(args, "unfreeze_mm_vision_tower", False):
+            self.load_model()
+        else:
+            self.cfg_only = CLIPVisionConfig.from_pretrained(self.vision_tower_name)
+
+    def load_model(self, device_map=None) -> None:
+        if self.is_loaded:
+            logger.info("%s is already loaded; load_model() called again, skipping.", self.vision_tower_name)
+            return
+        self.image_processor = CLIPImageProcessor.from_pretrained(self.vision_tower_name)
+        # A CLIP checkpoint (like openai/clip-vit-large-patch14-336) also holds the text tower, which
+        # CLIPVisionModel does not use; keep transformers from reporting each of those weights as unexpected.
+        verbosity = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()
+        try:
+            self.vision_tower = CLIPVisionModel.from_pretrained(self.vision_tower_name, device_map=device_map)
+        finally:
+            hf_logging.set_verbosity(verbosity)
+        self.vision_tower.requires_grad_(False)
+        self.is_loaded = True
+
+    def feature_select(self, image_forward_outs) -> torch.Tensor:
+        features = image_forward_outs.hidden_states[self.select_layer]
+        if self.select_feature == "patch":
+            return features[:, 1:]
+        if self.select_feature == "cls_patch":
+            return features
+        raise ValueError(f"Unexpected select feature: {self.select_feature!r} (use 'patch' or 'cls_patch')")
+
+    @torch.no_grad()
+    def forward(self, images):
+        if isinstance(images, list):
+            return [self._features(image.unsqueeze(0)) for image in images]
+        return self._features(images)
+
+    def _features(self, images: torch.Tensor) -> torch.Tensor:
+        outputs = self.vision_tower(images.to(device=self.device, dtype=self.dtype), output_hidden_states=True)
+        return self.feature_select(outputs).to(images.dtype)
+
+    @property
+    def dummy_feature(self) -> torch.Tensor:
+        return torch.zeros(1, self.hidden_size, device=self.device, dtype=self.dtype)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.vision_tower.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.vision_tower.device
+
+    @property
+    def config(self) -> CLIPVisionConfig:
+        return self.vision_tower.config if self.is_loaded else self.cfg_only
+
+    @property
+    def hidden_size(self) -> int:
+        return self.config.hidden_size
+
+    @property
+    def num_patches_per_side(self) -> int:
+        return self.config.image_size // self.config.patch_size
+
+    @property
+    def num_patches(self) -> int:
+        return self.num_patches_per_side**2
