@@ -1,0 +1,322 @@
+"""ZeRO-3 gather helpers (`llava.train.zero3`) and CPU DeepSpeed setup (`llava.train.distributed`).
+
+Single-process tests run in this process on a tiny PEFT LoRA Llama. Multi-process tests launch the
+real `deepspeed` launcher with two CPU workers (gloo) running scripts from tests/dist_scripts.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import transformers
+from peft import PeftModel
+from safetensors.torch import load_file
+
+from dist_scripts.tiny_peft import LORA_TARGETS, NUM_LAYERS, add_lora_and_projector, save_tiny_llama
+from launch import DIST_SCRIPTS, REPO_ROOT, TESTS_DIR, launch_deepspeed
+from llava.train import distributed
+from llava.train.zero3 import (
+    gather_to_cpu,
+    get_mm_adapter_state_maybe_zero_3,
+    get_peft_state_maybe_zero_3,
+    get_peft_state_non_lora_maybe_zero_3,
+    maybe_zero_3,
+)
+
+PREFIX = "base_model.model.model"
+PROJECTOR_KEYS = {f"{PREFIX}.mm_projector.{index}.{kind}" for index in (0, 2) for kind in ("weight", "bias")}
+MODULE_PATH = {"q_proj": "self_attn.q_proj", "v_proj": "self_attn.v_proj", "gate_proj": "mlp.gate_proj"}
+LORA_KEYS = {
+    f"{PREFIX}.layers.{layer}.{MODULE_PATH[target]}.lora_{ab}.default.weight"
+    for layer in range(NUM_LAYERS)
+    for target in LORA_TARGETS
+    for ab in ("A", "B")
+}
+# Biases of the modules that carry LoRA (q/v; gate_proj has none), where PEFT keeps them.
+LORA_MODULE_BIAS_KEYS = {
+    f"{PREFIX}.layers.{layer}.self_attn.{proj}.base_layer.bias" for layer in range(NUM_LAYERS) for proj in ("q_proj", "v_proj")
+}
+OTHER_BIAS_KEYS = {
+    f"{PREFIX}.layers.{layer}.self_attn.{proj}.bias" for layer in range(NUM_LAYERS) for proj in ("k_proj", "o_proj")
+} | {key for key in PROJECTOR_KEYS if key.endswith(".bias")}
+EXPECTED_PEFT_KEYS = {
+    "none": LORA_KEYS,
+    "all": LORA_KEYS | LORA_MODULE_BIAS_KEYS | OTHER_BIAS_KEYS,
+    "lora_only": LORA_KEYS | LORA_MODULE_BIAS_KEYS,
+}
+HELPER_STATES = ("peft_none", "peft_all", "peft_lora_only", "non_lora_trainable", "non_lora_all", "mm_adapter")
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return save_tiny_llama(tmp_path_factory.mktemp("tiny_llama"))
+
+
+def build_peft_model(model_dir: Path, bias: str = "none") -> PeftModel:
+    return add_lora_and_projector(transformers.LlamaForCausalLM.from_pretrained(model_dir), bias=bias)
+
+
+@pytest.fixture(scope="module")
+def peft_model(model_dir: Path) -> PeftModel:
+    return build_peft_model(model_dir)
+
+
+# --- single process ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("bias", ["none", "all", "lora_only"])
+def test_peft_state_keys_per_bias_mode(peft_model: PeftModel, bias: str) -> None:
+    state = get_peft_state_maybe_zero_3(peft_model.named_parameters(), bias)
+    assert set(state) == EXPECTED_PEFT_KEYS[bias]
+
+
+def test_unknown_bias_mode_is_rejected(peft_model: PeftModel) -> None:
+    with pytest.raises(ValueError, match="lora_bias must be one of 'none', 'all', 'lora_only'; got 'some'"):
+        get_peft_state_maybe_zero_3(peft_model.named_parameters(), "some")
+
+
+def test_helpers_return_detached_cpu_clones(peft_model: PeftModel) -> None:
+    params = dict(peft_model.named_parameters())
+    state = get_peft_state_maybe_zero_3(peft_model.named_parameters(), "all")
+    for key, copy in state.items():
+        assert copy.device == torch.device("cpu")
+        assert not copy.requires_grad and copy.grad_fn is None
+        assert copy.shape == params[key].shape and copy.dtype == params[key].dtype
+        assert torch.equal(copy, params[key])
+        assert copy.data_ptr() != params[key].data_ptr()
+    key = next(iter(LORA_KEYS))
+    before = state[key].clone()
+    with torch.no_grad():
+        params[key].add_(1.0)
+    try:
+        assert torch.equal(state[key], before)
+    finally:
+        with torch.no_grad():
+            params[key].sub_(1.0)
+
+
+@pytest.mark.parametrize(
+    ("require_grad_only", "expected"),
+    [(True, "projector"), (False, "all_non_lora")],
+)
+def test_non_lora_state(peft_model: PeftModel, require_grad_only: bool, expected: str) -> None:
+    state = get_peft_state_non_lora_maybe_zero_3(peft_model.named_parameters(), require_grad_only=require_grad_only)
+    all_non_lora = {name for name, _ in peft_model.named_parameters() if "lora_" not in name}
+    assert set(state) == (PROJECTOR_KEYS if expected == "projector" else all_non_lora)
+    assert PROJECTOR_KEYS < all_non_lora and len(all_non_lora) == 33
+
+
+@pytest.mark.parametrize(
+    ("keys_to_match", "expected"),
+    [
+        (["mm_projector"], PROJECTOR_KEYS),
+        (["mm_projector", "embed_tokens"], PROJECTOR_KEYS | {f"{PREFIX}.embed_tokens.weight"}),
+        (["vision_resampler"], set()),
+    ],
+)
+def test_mm_adapter_state_keys(peft_model: PeftModel, keys_to_match: list[str], expected: set[str]) -> None:
+    assert set(get_mm_adapter_state_maybe_zero_3(peft_model.named_parameters(), keys_to_match)) == expected
+
+
+def test_gather_accepts_mapping_and_keeps_order(peft_model: PeftModel) -> None:
+    named = dict(reversed(list(peft_model.named_parameters())))
+    assert list(gather_to_cpu(named)) == list(named)
+    with pytest.raises(ValueError, match="bucket_bytes must be >= 0"):
+        gather_to_cpu(named, bucket_bytes=-1)
+
+
+def test_maybe_zero_3_copies_plain_tensor() -> None:
+    tensor = torch.arange(6.0, requires_grad=True).reshape(2, 3)
+    copy = maybe_zero_3(tensor, name="t")
+    assert torch.equal(copy, tensor.detach()) and not copy.requires_grad
+    assert copy.data_ptr() != tensor.data_ptr()
+
+
+def test_no_deepspeed_import_without_zero3() -> None:
+    code = (
+        "import sys, torch\n"
+        "from llava.train.zero3 import get_peft_state_non_lora_maybe_zero_3\n"
+        "state = get_peft_state_non_lora_maybe_zero_3(torch.nn.Linear(2, 3).named_parameters())\n"
+        "assert sorted(state) == ['bias', 'weight'], state\n"
+        "assert 'deepspeed' not in sys.modules\n"
+    )
+    subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, check=True)
+
+
+@pytest.mark.parametrize("bias", ["none", "all", "lora_only"])
+def test_state_round_trips_through_peft_save_pretrained(model_dir: Path, tmp_path: Path, bias: str) -> None:
+    """peft 0.21 `save_pretrained(state_dict=...)` wants the model's own keys (adapter name and
+    `base_layer` included), strips `.default`, and re-filters biases by `LoraConfig.bias`."""
+    model = build_peft_model(model_dir, bias=bias)
+    state = get_peft_state_maybe_zero_3(model.named_parameters(), bias)
+    model.save_pretrained(tmp_path, state_dict=state)
+    saved = load_file(tmp_path / "adapter_model.safetensors")
+    assert set(saved) == {key.replace(".default", "") for key in EXPECTED_PEFT_KEYS[bias]}
+    for key, value in state.items():
+        assert torch.equal(saved[key.replace(".default", "")], value)
+
+    reloaded = PeftModel.from_pretrained(transformers.LlamaForCausalLM.from_pretrained(model_dir), tmp_path)
+    reloaded_params = dict(reloaded.named_parameters())
+    for key in LORA_KEYS | (LORA_MODULE_BIAS_KEYS if bias != "none" else set()):
+        assert torch.equal(reloaded_params[key], state[key]), key
+
+
+def test_distributed_helpers_without_process_group(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("RANK", raising=False)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert (distributed.get_rank(), distributed.get_world_size(), distributed.is_main_process()) == (0, 1, True)
+    monkeypatch.setenv("RANK", "3")
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    assert (distributed.get_rank(), distributed.get_world_size(), distributed.is_main_process()) == (3, 4, False)
+
+
+@pytest.mark.parametrize("config", [None, ""])
+def test_init_distributed_state_without_deepspeed_is_noop(config: str | None) -> None:
+    assert distributed.init_distributed_state(config) == {}
+
+
+@pytest.mark.slow
+def test_single_process_deepspeed_on_cpu(model_dir: Path, tmp_path: Path) -> None:
+    """`python train.py --deepspeed zero3.json` without a launcher: without the fix DeepSpeed
+    tries MPI discovery and dies with "No module named 'mpi4py'"."""
+    env_without_launcher = {
+        key: value
+        for key, value in os.environ.items()
+        if key not in {"RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"}
+    }
+    env_without_launcher.update({"OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), str(TESTS_DIR)])})
+    subprocess.run(
+        [sys.executable, str(DIST_SCRIPTS / "single_process_deepspeed.py"), str(model_dir), str(tmp_path)],
+        cwd=REPO_ROOT,
+        env=env_without_launcher,
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
+    result = json.loads((tmp_path / "result.json").read_text())
+    assert result == {
+        "launcher_env_before": False,
+        "extra_args": {"accelerator_config": {"use_configured_state": True}},
+        "deepspeed_state": True,
+        "zero3": True,
+        "rank": 0,
+        "world_size": 1,
+        "main": True,
+        "embed_partitioned": True,
+        "global_step": 2,
+    }
+
+
+# --- two processes, ZeRO-3 over gloo ------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def zero3_run(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
+    out_dir = tmp_path_factory.mktemp("zero3_gather")
+    launch_deepspeed(DIST_SCRIPTS / "zero3_gather.py", [str(model_dir), str(out_dir)])
+    # The records hold only tensors, lists and dicts written by our own script.
+    return [torch.load(out_dir / f"rank{rank}.pt", weights_only=True) for rank in range(2)]
+
+
+@pytest.fixture(scope="module")
+def single_process_states(model_dir: Path) -> dict[str, dict[str, torch.Tensor]]:
+    model = build_peft_model(model_dir)
+    named = list(model.named_parameters())
+    return {
+        "peft_none": get_peft_state_maybe_zero_3(named, "none"),
+        "peft_all": get_peft_state_maybe_zero_3(named, "all"),
+        "peft_lora_only": get_peft_state_maybe_zero_3(named, "lora_only"),
+        "non_lora_trainable": get_peft_state_non_lora_maybe_zero_3(named),
+        "non_lora_all": get_peft_state_non_lora_maybe_zero_3(named, require_grad_only=False),
+        "mm_adapter": get_mm_adapter_state_maybe_zero_3(named, ["mm_projector"]),
+    }
+
+
+@pytest.mark.slow
+def test_zero3_partitions_every_tensor(zero3_run: list[dict]) -> None:
+    for record in zero3_run:
+        assert record["world_size"] == 2
+        for layout in ("layout_trained", "layout_after_gather"):
+            for name, (local_numel, full_numel, full_shape) in record[layout].items():
+                assert local_numel == 0 and full_numel == torch.Size(full_shape).numel() > 0, (layout, name)
+        # from_pretrained under zero.Init partitions the base model; LoRA and projector are created
+        # afterwards and are partitioned when the Trainer wraps the model.
+        for name, (local_numel, full_numel, _) in record["layout_loaded"].items():
+            is_added = "lora_" in name or "mm_projector" in name
+            assert (local_numel > 0 and full_numel == -1) if is_added else local_numel == 0, name
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("state", HELPER_STATES)
+def test_zero3_gather_equals_single_process_build(
+    zero3_run: list[dict], single_process_states: dict[str, dict[str, torch.Tensor]], state: str
+) -> None:
+    expected = single_process_states[state]
+    for record in zero3_run:
+        gathered = record["before"][state]
+        assert list(gathered) == list(expected)
+        for key, value in expected.items():
+            assert torch.equal(gathered[key], value), key
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("variant", ["after", "after_per_tensor", "after_small"])
+def test_zero3_gather_after_training_equals_one_by_one(zero3_run: list[dict], variant: str) -> None:
+    for record in zero3_run:
+        reference = record["reference"]
+        layout = record["layout_trained"]
+        assert set(record[variant]["peft_lora_only"]) == EXPECTED_PEFT_KEYS["lora_only"]
+        for state in HELPER_STATES:
+            for key, value in record[variant][state].items():
+                assert value.shape == torch.Size(layout[key][2]), key
+                assert torch.equal(value, reference[key]), (state, key)
+
+
+@pytest.mark.slow
+def test_zero3_training_changed_only_trainable_weights(
+    zero3_run: list[dict], single_process_states: dict[str, dict[str, torch.Tensor]]
+) -> None:
+    record = zero3_run[0]
+    assert len(record["losses"]) == 3
+    initial = single_process_states["non_lora_all"] | single_process_states["peft_none"]
+    trainable = LORA_KEYS | PROJECTOR_KEYS
+    for key, value in initial.items():
+        changed = not torch.equal(record["reference"][key], value)
+        assert changed == (key in trainable), key
+    assert torch.equal(record["maybe_zero_3_embed"], initial[f"{PREFIX}.embed_tokens.weight"])
+
+
+def greedy_bucket_sizes(tensors: list[torch.Tensor], bucket_bytes: int) -> list[int]:
+    """How many tensors each bucket holds when filled in order up to bucket_bytes."""
+    sizes: list[int] = []
+    used = 0
+    for tensor in tensors:
+        nbytes = tensor.numel() * tensor.element_size()
+        if sizes and used + nbytes <= bucket_bytes:
+            sizes[-1] += 1
+            used += nbytes
+        else:
+            sizes.append(1)
+            used = nbytes
+    return sizes
+
+
+@pytest.mark.slow
+def test_zero3_gathers_in_buckets(zero3_run: list[dict]) -> None:
+    small_bucket_bytes = 4096  # SMALL_BUCKET_BYTES in dist_scripts/zero3_gather.py
+    for record in zero3_run:
+        states = [list(record["after"][state].values()) for state in HELPER_STATES]
+        # Default bucket (256 MiB): one GatheredParameters context per helper call.
+        assert record["sizes_default"] == [len(tensors) for tensors in states] == [12, 22, 16, 4, 33, 4]
+        # bucket_bytes=0: upstream's one context per tensor.
+        assert record["sizes_per_tensor"] == [1] * sum(len(tensors) for tensors in states)
+        expected_small = [size for tensors in states for size in greedy_bucket_sizes(tensors, small_bucket_bytes)]
+        assert record["sizes_small"] == expected_small
+        # The small bucket really groups: more than one context, fewer than one per tensor.
+        assert 1 < len(greedy_bucket_sizes(states[4], small_bucket_bytes)) < len(states[4])
