@@ -3,14 +3,21 @@
 `HfArgumentParser((ModelArguments, DataArguments, TrainingArguments))` turns every field into a `--flag`.
 Beyond upstream, `TrainingArguments` accepts flags that newer transformers renamed or that need a GPU, so that
 upstream's shell scripts run unchanged on today's libraries and on a CPU-only machine.
+
+Every check of a flag and of flag combinations lives in :func:`validate_args`, which collects all problems and
+raises once, before any model is loaded.
 """
 
 from __future__ import annotations
 
+import ast
+import importlib.util
 import logging
+import os
+import re
 import warnings
 from dataclasses import dataclass, field
-from typing import Literal, Optional
+from typing import Literal, Optional, Sequence, get_args
 
 import torch
 import transformers
@@ -19,7 +26,16 @@ logger = logging.getLogger(__name__)
 
 ImageAspectRatio = Literal["square", "pad", "anyres"]
 LoraBias = Literal["none", "all", "lora_only"]
-
+QuantBits = Literal[4, 8, 16]
+QuantType = Literal["fp4", "nf4"]
+VisionSelectFeature = Literal["patch", "cls_patch"]
+PatchMergeType = Literal["flat", "spatial", "spatial_unpad"]
+# Projector names understood by llava.model.multimodal_projector.builder.build_vision_projector.
+PROJECTOR_TYPE_PATTERN = re.compile(r"linear|identity|mlp(\d+)x_gelu")
+# --version values that upstream's train() handles specially and trains with its default template, vicuna_v1
+# ("v0" is also a template key, but train() never uses that template).
+DEFAULT_TEMPLATE = "vicuna_v1"
+VERSIONS_WITH_DEFAULT_TEMPLATE = ("v0", "v0.5")
 
 @dataclass
 class ModelArguments:
@@ -105,7 +121,9 @@ class TrainingArguments(transformers.TrainingArguments):
     lora_alpha: int = field(default=16, metadata={"help": "LoRA scaling numerator."})
     lora_dropout: float = field(default=0.05, metadata={"help": "Dropout on the LoRA path."})
     lora_weight_path: str = field(default="", metadata={"help": "Accepted for compatibility (unused upstream too)."})
-    lora_bias: str = field(default="none", metadata={"help": "Which biases LoRA trains: 'none', 'all' or 'lora_only'."})
+    lora_bias: str = field(
+        default="none", metadata={"help": "Which biases LoRA trains: 'none', 'all' or 'lora_only'."}
+    )
     mm_projector_lr: Optional[float] = field(
         default=None, metadata={"help": "Learning rate for the projector (default: --learning_rate)."}
     )
@@ -124,6 +142,7 @@ class TrainingArguments(transformers.TrainingArguments):
         if not torch.cuda.is_available():
             self._adapt_to_cpu()
         super().__post_init__()
+        self._drop_missing_reporters()
 
     def _adapt_to_cpu(self) -> None:
         """Let GPU-oriented flags from upstream's scripts run on a machine without CUDA."""
@@ -137,3 +156,172 @@ class TrainingArguments(transformers.TrainingArguments):
             warnings.warn("--fp16 is not supported on CPU; training in bf16 instead.", stacklevel=3)
             self.fp16 = False
             self.bf16 = True
+        if self.deepspeed:
+            self._use_cpu_deepspeed_state()
+
+    def _use_cpu_deepspeed_state(self) -> None:
+        """Make transformers use a DeepSpeed accelerate state on CPU (SPEC section 3).
+
+        On its own, accelerate sets up a plain multi-CPU state on a machine without CUDA and the run later dies in
+        DeepSpeed's batch-size check; a DeepSpeed `PartialState` created before this object's devices are set up,
+        and `use_configured_state`, make transformers use it.
+        """
+        from llava.train.distributed import init_distributed_state
+
+        extra = init_distributed_state(self.deepspeed)
+        if not extra:
+            return
+        configured = dict(extra.get("accelerator_config", {}))
+        current = self.accelerator_config
+        if isinstance(current, dict):
+            configured = {**current, **configured}
+        elif current is not None and not isinstance(current, str):
+            configured = {**current.to_dict(), **configured}
+        self.accelerator_config = configured
+
+    def _drop_missing_reporters(self) -> None:
+        """Drop `--report_to wandb` (upstream's scripts pass it) when wandb is not installed, with one warning."""
+        missing = [name for name in self.report_to if name == "wandb" and importlib.util.find_spec("wandb") is None]
+        if missing:
+            warnings.warn(
+                "--report_to wandb was given but wandb is not installed; not reporting to it "
+                "(pip install wandb to enable it).",
+                stacklevel=3,
+            )
+            self.report_to = [name for name in self.report_to if name not in missing]
+
+
+def parse_args(
+    argv: Optional[Sequence[str]] = None,
+) -> tuple[ModelArguments, DataArguments, TrainingArguments]:
+    """Parse the command line (`sys.argv` when `argv` is None) into the three dataclasses and validate them."""
+    parser = transformers.HfArgumentParser((ModelArguments, DataArguments, TrainingArguments))
+    model_args, data_args, training_args = parser.parse_args_into_dataclasses(
+        args=None if argv is None else list(argv)
+    )
+    validate_args(model_args, data_args, training_args)
+    return model_args, data_args, training_args
+
+
+class ArgumentsError(ValueError):
+    """One or more command-line flags are wrong; the message lists every problem found."""
+
+
+def validate_args(model_args: ModelArguments, data_args: DataArguments, training_args: TrainingArguments) -> None:
+    """Check every flag and flag combination, collect all problems and raise them together.
+
+    Runs before anything heavy is loaded, so that a typo costs seconds, not a model load.
+    """
+    problems = (
+        _check_choices(model_args, data_args, training_args)
+        + _check_files(model_args, data_args)
+        + _check_combinations(model_args, data_args, training_args)
+    )
+    if problems:
+        listing = "\n".join(f"  - {problem}" for problem in problems)
+        raise ArgumentsError(f"{len(problems)} problem(s) with the training arguments:\n{listing}")
+    if training_args.mm_projector_lr is not None and model_args.vision_tower is None:
+        warnings.warn("--mm_projector_lr has no effect without --vision_tower (there is no projector).", stacklevel=2)
+
+
+def _not_one_of(flag: str, value, choices: tuple) -> Optional[str]:
+    if value in choices:
+        return None
+    return f"{flag} {value!r} is not one of {', '.join(repr(c) for c in choices)}."
+
+
+def _check_choices(model_args: ModelArguments, data_args: DataArguments, training_args: TrainingArguments) -> list[str]:
+    from llava.conversation import conv_templates
+
+    problems = [
+        _not_one_of("--bits", training_args.bits, get_args(QuantBits)),
+        _not_one_of("--quant_type", training_args.quant_type, get_args(QuantType)),
+        _not_one_of("--lora_bias", training_args.lora_bias, get_args(LoraBias)),
+        _not_one_of("--image_aspect_ratio", data_args.image_aspect_ratio, get_args(ImageAspectRatio)),
+        _not_one_of("--mm_vision_select_feature", model_args.mm_vision_select_feature, get_args(VisionSelectFeature)),
+        _not_one_of("--mm_patch_merge_type", model_args.mm_patch_merge_type, get_args(PatchMergeType)),
+    ]
+    versions = set(conv_templates) | set(VERSIONS_WITH_DEFAULT_TEMPLATE)
+    if model_args.version not in versions:
+        # upstream silently falls back to vicuna_v1 (SPEC 4.4)
+        problems.append(
+            f"--version {model_args.version!r} is not a conversation template; valid names: "
+            f"{', '.join(sorted(versions))}."
+        )
+    if not PROJECTOR_TYPE_PATTERN.fullmatch(model_args.mm_projector_type or ""):
+        problems.append(
+            f"--mm_projector_type {model_args.mm_projector_type!r} is unknown; use 'linear', 'identity' or "
+            "'mlp<N>x_gelu' (LLaVA-1.5: 'mlp2x_gelu')."
+        )
+    if training_args.lora_r <= 0:
+        problems.append(f"--lora_r must be a positive rank, got {training_args.lora_r}.")
+    if not 0.0 <= training_args.lora_dropout < 1.0:
+        problems.append(f"--lora_dropout must be in [0, 1), got {training_args.lora_dropout}.")
+    if training_args.model_max_length <= 0:
+        problems.append(f"--model_max_length must be positive, got {training_args.model_max_length}.")
+    if data_args.image_grid_pinpoints is not None and parse_grid_pinpoints(data_args.image_grid_pinpoints) is None:
+        problems.append(
+            f"--image_grid_pinpoints {data_args.image_grid_pinpoints!r} is not a list of [width, height] pairs, "
+            "e.g. '[[336,672],[672,336],[672,672]]'."
+        )
+    return [problem for problem in problems if problem is not None]
+
+
+def _check_files(model_args: ModelArguments, data_args: DataArguments) -> list[str]:
+    problems = []
+    if data_args.data_path is None:
+        problems.append("--data_path is required: a LLaVA JSON (or JSONL) file of conversations.")
+    elif not os.path.isfile(data_args.data_path):
+        problems.append(f"--data_path {data_args.data_path!r} does not exist or is not a file.")
+    if data_args.image_folder is not None and not os.path.isdir(data_args.image_folder):
+        problems.append(f"--image_folder {data_args.image_folder!r} does not exist or is not a folder.")
+    adapter = model_args.pretrain_mm_mlp_adapter
+    if adapter is not None and not os.path.isfile(adapter):
+        problems.append(
+            f"--pretrain_mm_mlp_adapter {adapter!r} does not exist; pass the mm_projector.bin written by a "
+            "--tune_mm_mlp_adapter run."
+        )
+    return problems
+
+
+def _check_combinations(
+    model_args: ModelArguments, data_args: DataArguments, training_args: TrainingArguments
+) -> list[str]:
+    problems = []
+    quantized = training_args.bits in (4, 8)
+    if quantized and not training_args.lora_enable:
+        problems.append(
+            f"--bits {training_args.bits} quantizes the language model, whose weights then cannot be trained; "
+            "add --lora_enable True (QLoRA) or drop --bits."
+        )
+    if model_args.tune_mm_mlp_adapter:
+        if model_args.vision_tower is None:
+            problems.append("--tune_mm_mlp_adapter trains the projector, which needs --vision_tower.")
+        if training_args.freeze_mm_mlp_adapter:
+            problems.append("--tune_mm_mlp_adapter with --freeze_mm_mlp_adapter leaves nothing to train; drop one.")
+        if training_args.lora_enable:
+            problems.append(
+                "--tune_mm_mlp_adapter freezes everything but the projector, LoRA weights included; "
+                "drop --lora_enable for projector pretraining."
+            )
+    if data_args.image_aspect_ratio == "anyres" and data_args.image_grid_pinpoints is None:
+        problems.append("--image_aspect_ratio anyres needs --image_grid_pinpoints (candidate resolutions).")
+    if model_args.vision_tower is None and model_args.pretrain_mm_mlp_adapter is not None:
+        problems.append("--pretrain_mm_mlp_adapter needs --vision_tower (the projector maps its features).")
+    return problems
+
+
+def parse_grid_pinpoints(text: str) -> Optional[list[list[int]]]:
+    """`'[[336,672],[672,336]]'` -> `[[336, 672], [672, 336]]`; None when the text is not such a list."""
+    try:
+        value = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return None
+    if not isinstance(value, (list, tuple)) or not value:
+        return None
+    pairs = []
+    for pair in value:
+        if not (isinstance(pair, (list, tuple)) and len(pair) == 2 and all(isinstance(v, int) and v > 0 for v in pair)):
+            return None
+        pairs.append([int(pair[0]), int(pair[1])])
+    return pairs

@@ -1,0 +1,316 @@
+"""`LLaVATrainer`: transformers' `Trainer` with LLaVA's sampler, optimizer groups, saving and resuming.
+
+What it adds to `Trainer`, as upstream does (and where upstream is buggy, fixed):
+- `--group_by_modality_length`: batches hold only image or only text samples, grouped by length
+  (`LengthGroupedSampler`). The order is drawn from a generator seeded with the seed and the epoch, so a resumed
+  run sees the same order as an uninterrupted one (upstream used the global RNG, even for the inner shuffles).
+- `--mm_projector_lr`: the projector gets its own learning rate (same weight-decay split as the rest).
+- Saving: one `save_model` serves every `checkpoint-N/` and the final save. A LoRA run writes the adapter, the
+  trainable non-LoRA tensors (`non_lora_trainables.bin`) and `config.json` into every checkpoint too (upstream
+  #1010, #1245, #1566); projector pretraining writes `mm_projector.bin`; a full fine-tune writes a normal model.
+- Resuming restores those files into the model, the projector included (upstream #1200).
+- The share of supervised tokens and the number of fully masked samples are counted from the batches' labels and
+  logged (SPEC 4.3).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any, Optional, Sequence
+
+import torch
+from torch import nn
+from torch.utils.data import Sampler
+from transformers import Trainer
+from transformers.trainer_pt_utils import get_parameter_names  # noqa: F401  (re-exported for upstream users)
+from transformers.trainer_utils import has_length
+
+from llava.constants import IGNORE_INDEX
+from llava.train import saving
+
+logger = logging.getLogger(__name__)
+
+PROJECTOR_KEY = "mm_projector"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Length-grouped sampling (upstream's functions, same names and results for the same random draws)
+
+
+def split_to_even_chunks(indices: Sequence[int], lengths: Sequence[int], num_chunks: int) -> list[list[int]]:
+    """Split `indices` into `num_chunks` chunks of equal count whose summed lengths are as even as greedy gets.
+
+    Each index goes to the chunk with the smallest total length so far (the first such chunk on ties); a full
+    chunk takes no more. When the count does not divide evenly, chunks are taken round-robin instead.
+    """
+    if len(indices) % num_chunks != 0:
+        return [list(indices[i::num_chunks]) for i in range(num_chunks)]
+    per_chunk = len(indices) // num_chunks
+    chunks: list[list[int]] = [[] for _ in range(num_chunks)]
+    totals: list[float] = [0] * num_chunks
+    for index in indices:
+        target = totals.index(min(totals))
+        chunks[target].append(index)
+        totals[target] += lengths[index]
+        if len(chunks[target]) == per_chunk:
+            totals[target] = float("inf")
+    return chunks
+
+
+def get_length_grouped_indices(
+    lengths: Sequence[int],
+    batch_size: int,
+    world_size: int,
+    generator: Optional[torch.Generator] = None,
+    merge: bool = True,
+) -> list[int]:
+    """A random order in which each megabatch (`world_size * batch_size` samples) is sorted longest first and
+    split into `world_size` chunks of balanced total length. (`merge` is unused, kept for upstream's signature.)"""
+    order = torch.randperm(len(lengths), generator=generator).tolist()
+    megabatch_size = world_size * batch_size
+    result: list[int] = []
+    for start in range(0, len(order), megabatch_size):
+        megabatch = sorted(order[start : start + megabatch_size], key=lambda i: lengths[i], reverse=True)
+        for chunk in split_to_even_chunks(megabatch, lengths, world_size):
+            result.extend(chunk)
+    return result
+
+
+def get_modality_length_grouped_indices(
+    lengths: Sequence[int],
+    batch_size: int,
+    world_size: int,
+    generator: Optional[torch.Generator] = None,
+) -> list[int]:
+    """Like `get_length_grouped_indices`, but no megabatch mixes image samples (length > 0) with text-only ones
+    (length < 0), except one final megabatch made of both modalities' leftovers.
+
+    Upstream drew the two inner shuffles from the global RNG (`generator=None`); here every draw comes from
+    `generator`, so the order depends on the seed alone and a resumed run sees the same batches.
+    """
+    if any(length == 0 for length in lengths):
+        zero = [i for i, length in enumerate(lengths) if length == 0]
+        raise ValueError(
+            f"modality lengths must be non-zero (positive: with image, negative: text only); samples {zero[:10]} "
+            "have length 0."
+        )
+    if all(length > 0 for length in lengths) or all(length < 0 for length in lengths):
+        return get_length_grouped_indices(lengths, batch_size, world_size, generator=generator)
+    mm_indices = [i for i, length in enumerate(lengths) if length > 0]
+    lang_indices = [i for i, length in enumerate(lengths) if length < 0]
+    mm_lengths = [lengths[i] for i in mm_indices]
+    lang_lengths = [-lengths[i] for i in lang_indices]
+
+    megabatch_size = world_size * batch_size
+    mm_order = [mm_indices[i] for i in get_length_grouped_indices(mm_lengths, batch_size, world_size, generator)]
+    lang_order = [
+        lang_indices[i] for i in get_length_grouped_indices(lang_lengths, batch_size, world_size, generator)
+    ]
+    mm_megabatches = [mm_order[i : i + megabatch_size] for i in range(0, len(mm_order), megabatch_size)]
+    lang_megabatches = [lang_order[i : i + megabatch_size] for i in range(0, len(lang_order), megabatch_size)]
+
+    # The last (possibly short) megabatch of each modality goes together at the very end.
+    leftovers = mm_megabatches[-1] + lang_megabatches[-1]
+    megabatches = mm_megabatches[:-1] + lang_megabatches[:-1]
+    shuffled = [megabatches[i] for i in torch.randperm(len(megabatches), generator=generator).tolist()]
+    if leftovers:
+        shuffled.append(sorted(leftovers))
+    return [i for megabatch in shuffled for i in megabatch]
+
+
+class LengthGroupedSampler(Sampler):
+    """Samples indices so that each batch holds samples of similar length (and, with `group_by_modality`, of
+    one modality), keeping some randomness.
+
+    Without an explicit `generator`, each epoch's order is drawn from a generator seeded with `seed + epoch`
+    (`set_epoch` is called by the training loop), so the order is reproducible and a resumed run can skip exactly
+    the batches it has already trained on.
+    """
+
+    def __init__(
+        self,
+        batch_size: int,
+        world_size: int,
+        lengths: Optional[list[int]] = None,
+        generator: Optional[torch.Generator] = None,
+        group_by_modality: bool = False,
+        seed: int = 0,
+    ):
+        if lengths is None:
+            raise ValueError("LengthGroupedSampler needs the samples' lengths.")
+        self.batch_size = batch_size
+        self.world_size = world_size
+        self.lengths = lengths
+        self.generator = generator
+        self.group_by_modality = group_by_modality
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def __iter__(self):
+        generator = self.generator
+        if generator is None:
+            generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        grouping = get_modality_length_grouped_indices if self.group_by_modality else get_length_grouped_indices
+        return iter(grouping(self.lengths, self.batch_size, self.world_size, generator=generator))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Optimizer parameter groups
+
+
+def projector_param_groups(
+    model: nn.Module, decay_parameters: set[str], weight_decay: float, projector_lr: float
+) -> list[dict[str, Any]]:
+    """Trainable parameters in up to four groups: (rest | projector) x (weight decay | none).
+
+    Projector groups carry `lr=projector_lr`; empty groups are left out (DeepSpeed's ZeRO optimizers do not
+    accept them).
+    """
+    groups = []
+    for is_projector in (False, True):
+        for decays in (True, False):
+            params = [
+                p
+                for n, p in model.named_parameters()
+                if p.requires_grad and (n in decay_parameters) == decays and (PROJECTOR_KEY in n) == is_projector
+            ]
+            if not params:
+                continue
+            group: dict[str, Any] = {"params": params, "weight_decay": weight_decay if decays else 0.0}
+            if is_projector:
+                group["lr"] = projector_lr
+            groups.append(group)
+    return groups
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Trainer
+
+
+class LLaVATrainer(Trainer):
+    """`Trainer` for LLaVA: modality-grouped sampling, projector learning rate, LLaVA's output files."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._label_counts = _LabelCounts()
+
+    # -- data -------------------------------------------------------------------------------------------------
+
+    def _get_train_sampler(self, train_dataset=None) -> Optional[Sampler]:
+        dataset = self.train_dataset if train_dataset is None else train_dataset
+        if not self.args.group_by_modality_length or dataset is None or not has_length(dataset):
+            return super()._get_train_sampler(train_dataset)
+        # As upstream: a "world" of world_size * gradient_accumulation_steps batches is grouped at once.
+        return LengthGroupedSampler(
+            self.args.train_batch_size,
+            world_size=self.args.world_size * self.args.gradient_accumulation_steps,
+            lengths=dataset.modality_lengths,
+            group_by_modality=True,
+            seed=self.args.data_seed if self.args.data_seed is not None else self.args.seed,
+        )
+
+    # -- optimizer --------------------------------------------------------------------------------------------
+
+    def create_optimizer(self, model=None):
+        if self.optimizer is not None or self.args.mm_projector_lr is None:
+            return super().create_optimizer(model)
+        opt_model = self.model if model is None else model
+        groups = projector_param_groups(
+            opt_model,
+            decay_parameters=set(self.get_decay_parameter_names(opt_model)),
+            weight_decay=self.args.weight_decay,
+            projector_lr=self.args.mm_projector_lr,
+        )
+        if self.optimizer_cls_and_kwargs is not None:
+            optimizer_cls, optimizer_kwargs = self.optimizer_cls_and_kwargs
+        else:
+            optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
+        self.optimizer = optimizer_cls(groups, **optimizer_kwargs)
+        return self.optimizer
+
+    # -- label statistics -------------------------------------------------------------------------------------
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if model.training and "labels" in inputs:
+            self._label_counts.add(inputs["labels"], inputs.get("attention_mask"))
+        return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
+
+    def log(self, logs: dict[str, float], start_time: Optional[float] = None) -> None:
+        if self.model.training or "train_loss" in logs:
+            logs = {**logs, **self.label_statistics()}
+        super().log(logs, start_time)
+
+    def label_statistics(self) -> dict[str, float]:
+        """Counts over every training batch seen so far by all processes (a collective when distributed)."""
+        counts = self._label_counts.totals(self.accelerator)
+        return {
+            "masked_samples": counts["masked_samples"],
+            "supervised_tokens": counts["supervised_tokens"],
+            "supervised_token_share": counts["supervised_tokens"] / max(counts["tokens"], 1),
+        }
+
+    # -- saving and resuming ----------------------------------------------------------------------------------
+
+    def save_model(self, output_dir: Optional[str] = None, _internal_call: bool = False) -> None:
+        """Write LLaVA's output files; used for every `checkpoint-N/` and for the final save.
+
+        Every rank must call this (ZeRO-3 gathering is collective); only the main process writes.
+        """
+        output_dir = self.args.output_dir if output_dir is None else output_dir
+        mode = saving.output_kind(self.model, self.args)
+        if mode == saving.OutputKind.FULL:
+            super().save_model(output_dir, _internal_call=_internal_call)
+            return
+        if mode == saving.OutputKind.LORA:
+            saving.save_lora_outputs(self.model, output_dir, self.args.lora_bias, self.args.should_save)
+        else:
+            saving.save_projector_outputs(self.model, output_dir, self._projector_keys(), self.args.should_save)
+        if self.args.should_save:
+            if self.processing_class is not None:
+                self.processing_class.save_pretrained(output_dir)
+            torch.save(self.args, os.path.join(output_dir, saving.TRAINING_ARGS_NAME))
+
+    def _projector_keys(self) -> list[str]:
+        keys = [PROJECTOR_KEY, "vision_resampler"]
+        if getattr(self.args, "use_im_start_end", False):
+            keys.extend(["embed_tokens", "embed_in"])
+        return keys
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: Optional[nn.Module] = None) -> None:
+        model = self.model if model is None else model
+        mode = saving.output_kind(model, self.args)
+        if mode == saving.OutputKind.FULL:
+            super()._load_from_checkpoint(resume_from_checkpoint, model)
+        elif mode == saving.OutputKind.LORA:
+            saving.load_lora_outputs(model, resume_from_checkpoint)
+        else:
+            saving.load_projector_outputs(model, resume_from_checkpoint)
+
+
+class _LabelCounts:
+    """Running totals of supervised tokens, all tokens and fully masked samples (kept on device: no syncs)."""
+
+    def __init__(self) -> None:
+        self._counts: Optional[torch.Tensor] = None  # [supervised_tokens, tokens, masked_samples]
+
+    def add(self, labels: torch.Tensor, attention_mask: Optional[torch.Tensor]) -> None:
+        supervised = labels.ne(IGNORE_INDEX)
+        tokens = attention_mask.sum() if attention_mask is not None else torch.tensor(labels.numel())
+        batch = torch.stack(
+            [supervised.sum(), tokens.to(supervised.device), (~supervised.any(dim=-1)).sum()]
+        ).to(torch.float64)
+        self._counts = batch if self._counts is None else self._counts + batch
+
+    def totals(self, accelerator) -> dict[str, float]:
+        counts = self._counts if self._counts is not None else torch.zeros(3, dtype=torch.float64)
+        if accelerator is not None and accelerator.num_processes > 1:
+            counts = accelerator.reduce(counts.to(accelerator.device), reduction="sum")
+        supervised, tokens, masked = counts.tolist()
+        return {"supervised_tokens": int(supervised), "tokens": int(tokens), "masked_samples": int(masked)}

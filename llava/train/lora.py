@@ -1,0 +1,97 @@
+"""LoRA and k-bit (QLoRA) preparation of the language model.
+
+LoRA targets every linear layer of the language model, by leaf name as upstream (`q_proj`, ..., `down_proj`),
+and never the vision tower, the projector or `lm_head`: the multimodal modules are also listed in the config's
+`exclude_modules`, so a vision tower whose layers share those leaf names (CLIP has `q_proj`, `k_proj`, `v_proj`)
+is never adapted, whatever order the modules were built in.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from torch import nn
+
+logger = logging.getLogger(__name__)
+
+MULTIMODAL_KEYWORDS = ("mm_projector", "vision_tower", "vision_resampler")
+OUTPUT_HEAD_NAME = "lm_head"
+# PEFT matches a string `exclude_modules` against each module's full name with re.fullmatch.
+MULTIMODAL_EXCLUDE_PATTERN = r".*(" + "|".join(MULTIMODAL_KEYWORDS) + r").*"
+
+
+def find_all_linear_names(model: nn.Module) -> list[str]:
+    """Leaf names of the language model's linear layers (LoRA `target_modules`), sorted.
+
+    Quantized layers count too (bitsandbytes' `Linear4bit` / `Linear8bitLt` subclass `nn.Linear`). The output
+    head is left out, as upstream does.
+    """
+    names = set()
+    for name, module in model.named_modules():
+        if _is_multimodal(name):
+            continue
+        if isinstance(module, nn.Linear):
+            names.add(name.rpartition(".")[2])
+    names.discard(OUTPUT_HEAD_NAME)
+    return sorted(names)
+
+
+def _is_multimodal(module_name: str) -> bool:
+    return any(keyword in module_name for keyword in MULTIMODAL_KEYWORDS)
+
+
+def prepare_for_kbit_training(model: nn.Module, training_args) -> nn.Module:
+    """PEFT's k-bit preparation (fp32 norms and non-quantized weights, frozen base) for `--bits 4|8`."""
+    from peft import prepare_model_for_kbit_training
+
+    model.config.dtype = torch.bfloat16 if training_args.bf16 else torch.float32
+    return prepare_model_for_kbit_training(
+        model, use_gradient_checkpointing=training_args.gradient_checkpointing
+    )
+
+
+def enable_input_grads(model: nn.Module) -> None:
+    """With gradient checkpointing and a frozen embedding, the checkpointed blocks need inputs that require grad."""
+    if hasattr(model, "enable_input_require_grads"):
+        model.enable_input_require_grads()
+    else:
+        model.get_input_embeddings().register_forward_hook(lambda module, inputs, output: output.requires_grad_(True))
+
+
+def add_lora(model: nn.Module, training_args) -> nn.Module:
+    """Wrap `model` with LoRA adapters as configured by `--lora_r/--lora_alpha/--lora_dropout/--lora_bias`."""
+    from peft import LoraConfig, get_peft_model
+
+    targets = find_all_linear_names(model)
+    has_multimodal = any(_is_multimodal(name) for name, _ in model.named_modules())
+    config = LoraConfig(
+        r=training_args.lora_r,
+        lora_alpha=training_args.lora_alpha,
+        target_modules=targets,
+        # (PEFT warns when an exclusion matches nothing, so it is only set when there is something to exclude.)
+        exclude_modules=MULTIMODAL_EXCLUDE_PATTERN if has_multimodal else None,
+        lora_dropout=training_args.lora_dropout,
+        bias=training_args.lora_bias,
+        task_type="CAUSAL_LM",
+    )
+    if training_args.bits == 16 and training_args.bf16:
+        model.to(torch.bfloat16)
+    logger.info("Adding LoRA adapters (r=%d) to %s", training_args.lora_r, ", ".join(targets))
+    return get_peft_model(model, config)
+
+
+def cast_kbit_modules(model: nn.Module, training_args) -> None:
+    """After k-bit preparation, as upstream: LoRA layers and the (unquantized) embeddings in bf16 when training in
+    bf16, norms in fp32."""
+    from peft.tuners.lora import LoraLayer
+
+    for name, module in model.named_modules():
+        if isinstance(module, LoraLayer) and training_args.bf16:
+            module.to(torch.bfloat16)
+        if "norm" in name:
+            module.to(torch.float32)
+        if (OUTPUT_HEAD_NAME in name or "embed_tokens" in name) and training_args.bf16:
+            weight = getattr(module, "weight", None)
+            if weight is not None and weight.dtype == torch.float32:
+                module.to(torch.bfloat16)

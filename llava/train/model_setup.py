@@ -1,0 +1,198 @@
+"""Building the model for training: loading (optionally quantized), tokenizer and conversation template, and the
+vision modules with the config fields upstream records.
+
+Each function is one step of `llava.train.train.train`; they take the argument dataclasses explicitly and keep no
+state of their own.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import torch
+import transformers
+from torch import nn
+
+from llava.conversation import Conversation, get_conv_template
+from llava.train.arguments import (
+    DEFAULT_TEMPLATE,
+    VERSIONS_WITH_DEFAULT_TEMPLATE,
+    DataArguments,
+    ModelArguments,
+    TrainingArguments,
+    parse_grid_pinpoints,
+)
+from llava.train.distributed import is_zero3_enabled
+
+logger = logging.getLogger(__name__)
+
+PAD_TOKEN = "[PAD]"
+# Kept out of bitsandbytes quantization: the projector trains in full precision (upstream), and the vision tower
+# is never quantized.
+QUANTIZATION_SKIP_MODULES = ["mm_projector", "vision_tower"]
+
+
+def compute_dtype(training_args: TrainingArguments) -> torch.dtype:
+    if training_args.fp16:
+        return torch.float16
+    return torch.bfloat16 if training_args.bf16 else torch.float32
+
+
+def quantization_kwargs(training_args: TrainingArguments) -> dict[str, Any]:
+    """`from_pretrained` keyword arguments for `--bits 4|8` (none for 16).
+
+    Upstream always passes `device_map`, which ZeRO-3 forbids, so QLoRA could not run under ZeRO-3 (#1692,
+    SPEC 4.6). Under ZeRO-3 there is no `device_map`, and 4-bit weights are stored in the training dtype so that
+    ZeRO-3 can partition them with the other parameters.
+    """
+    if training_args.bits not in (4, 8):
+        return {}
+    dtype = compute_dtype(training_args)
+    config = transformers.BitsAndBytesConfig(
+        load_in_4bit=training_args.bits == 4,
+        load_in_8bit=training_args.bits == 8,
+        llm_int8_skip_modules=QUANTIZATION_SKIP_MODULES,
+        llm_int8_threshold=6.0,
+        llm_int8_has_fp16_weight=False,
+        bnb_4bit_compute_dtype=dtype,
+        bnb_4bit_use_double_quant=training_args.double_quant,
+        bnb_4bit_quant_type=training_args.quant_type,
+        bnb_4bit_quant_storage=dtype if is_zero3_enabled() else None,
+    )
+    kwargs: dict[str, Any] = {"quantization_config": config}
+    if not is_zero3_enabled():
+        kwargs["device_map"] = {"": training_args.device}
+    return kwargs
+
+
+def load_model(
+    model_args: ModelArguments, training_args: TrainingArguments, attn_implementation: Optional[str] = None
+) -> transformers.PreTrainedModel:
+    """The language model (a `LlavaLlamaForCausalLM` when a vision tower is given), with the cache off."""
+    kwargs = dict(
+        cache_dir=training_args.cache_dir,
+        attn_implementation=attn_implementation,
+        dtype=torch.bfloat16 if training_args.bf16 else None,
+        **quantization_kwargs(training_args),
+    )
+    if model_args.vision_tower is not None:
+        from llava.model import LlavaLlamaForCausalLM
+
+        model = LlavaLlamaForCausalLM.from_pretrained(model_args.model_name_or_path, **kwargs)
+    else:
+        model = transformers.LlamaForCausalLM.from_pretrained(model_args.model_name_or_path, **kwargs)
+    model.config.use_cache = False
+    if model_args.freeze_backbone:
+        model.model.requires_grad_(False)
+    return model
+
+
+def load_tokenizer(model_args: ModelArguments, training_args: TrainingArguments):
+    return transformers.AutoTokenizer.from_pretrained(
+        model_args.model_name_or_path,
+        cache_dir=training_args.cache_dir,
+        model_max_length=training_args.model_max_length,
+        padding_side="right",
+    )
+
+
+def setup_template(model_args: ModelArguments, tokenizer, model: nn.Module) -> Conversation:
+    """Set the pad token as upstream does for `--version` and return the conversation template to train with.
+
+    `v0` adds a `[PAD]` token (resizing the embeddings) and, like `v0.5`, uses vicuna_v1; every other version
+    pads with `unk` and uses the template of that name. An unknown name is an error (SPEC 4.4), caught earlier by
+    `validate_args`; `get_conv_template` raises too, for callers that skip validation.
+    """
+    version = model_args.version
+    if version == "v0":
+        if tokenizer.pad_token is None:
+            smart_tokenizer_and_embedding_resize({"pad_token": PAD_TOKEN}, tokenizer, model)
+    else:
+        tokenizer.pad_token = tokenizer.unk_token
+    name = DEFAULT_TEMPLATE if version in VERSIONS_WITH_DEFAULT_TEMPLATE else version
+    template = get_conv_template(name)
+    logger.info("Conversation template: %s (--version %s)", name, version)
+    return template
+
+
+def smart_tokenizer_and_embedding_resize(special_tokens_dict: dict, tokenizer, model: nn.Module) -> None:
+    """Add special tokens, resize the embeddings and start the new rows at the mean of the old ones."""
+    num_new_tokens = tokenizer.add_special_tokens(special_tokens_dict)
+    model.resize_token_embeddings(len(tokenizer))
+    if num_new_tokens > 0:
+        _fill_new_rows_with_mean(model, num_new_tokens)
+
+
+def _fill_new_rows_with_mean(model: nn.Module, num_new_tokens: int) -> None:
+    weights = [model.get_input_embeddings().weight, model.get_output_embeddings().weight]
+    with _modifiable(weights):
+        for weight in weights:
+            rows = weight.data
+            rows[-num_new_tokens:] = rows[:-num_new_tokens].mean(dim=0, keepdim=True)
+
+
+def _modifiable(params: list[torch.Tensor]):
+    """Under ZeRO-3, gather `params` for modification on rank 0 and re-partition them after; otherwise nothing."""
+    import contextlib
+
+    if not any(hasattr(p, "ds_id") for p in params):
+        return contextlib.nullcontext()
+    import deepspeed
+
+    return deepspeed.zero.GatheredParameters(params, modifier_rank=0)
+
+
+@dataclass(frozen=True)
+class VisionSetup:
+    """What the data pipeline needs from the vision side of the model."""
+
+    image_processor: Any
+    image_grid_pinpoints: Optional[list[list[int]]]
+
+
+def setup_vision_modules(
+    model: nn.Module,
+    tokenizer,
+    model_args: ModelArguments,
+    data_args: DataArguments,
+    training_args: TrainingArguments,
+) -> VisionSetup:
+    """Build the vision tower and projector, decide what trains, and record upstream's config fields."""
+    model.get_model().initialize_vision_modules(model_args=model_args, fsdp=training_args.fsdp)
+    vision_tower = model.get_vision_tower()
+    vision_tower.to(dtype=_vision_tower_dtype(training_args), device=training_args.device)
+    data_args.is_multimodal = True
+
+    config = model.config
+    pinpoints = parse_grid_pinpoints(data_args.image_grid_pinpoints) if data_args.image_grid_pinpoints else None
+    config.image_aspect_ratio = data_args.image_aspect_ratio
+    config.image_grid_pinpoints = pinpoints
+    config.tokenizer_padding_side = tokenizer.padding_side
+    config.tokenizer_model_max_length = tokenizer.model_max_length
+
+    projector = model.get_model().mm_projector
+    config.tune_mm_mlp_adapter = model_args.tune_mm_mlp_adapter
+    if model_args.tune_mm_mlp_adapter:
+        model.requires_grad_(False)
+        projector.requires_grad_(True)
+    config.freeze_mm_mlp_adapter = training_args.freeze_mm_mlp_adapter
+    if training_args.freeze_mm_mlp_adapter:
+        projector.requires_grad_(False)
+    if training_args.bits in (4, 8):
+        projector.to(dtype=compute_dtype(training_args), device=training_args.device)
+
+    config.mm_use_im_start_end = model_args.mm_use_im_start_end
+    config.mm_projector_lr = training_args.mm_projector_lr
+    config.mm_use_im_patch_token = model_args.mm_use_im_patch_token
+    model.initialize_vision_tokenizer(model_args, tokenizer=tokenizer)
+    return VisionSetup(image_processor=vision_tower.image_processor, image_grid_pinpoints=pinpoints)
+
+
+def _vision_tower_dtype(training_args: TrainingArguments) -> torch.dtype:
+    # Upstream runs the frozen tower in fp16 unless training in bf16. CPUs lack fast fp16 kernels, so there the
+    # tower stays in fp32 unless the run is bf16.
+    if training_args.bf16:
+        return torch.bfloat16
+    return torch.float16 if torch.cuda.is_available() else torch.float32

@@ -1,0 +1,158 @@
+"""LLaVA's output files: what a LoRA run, a projector-pretraining run and a full fine-tune write, and reading
+them back when a run resumes.
+
+LoRA (`--lora_enable True`), in `output_dir` and in every `checkpoint-N/` (SPEC section 2):
+`adapter_model.bin` + `adapter_config.json` (written by PEFT, keys without the adapter name),
+`non_lora_trainables.bin` (every trainable non-LoRA tensor, e.g. the projector) and `config.json`.
+Projector pretraining (`--tune_mm_mlp_adapter True`): `mm_projector.bin` + `config.json`.
+Full fine-tune: transformers' own `save_pretrained` directory (handled by `Trainer`).
+
+Tensors come from the ZeRO-3 helpers in `llava.train.zero3` (one gather path for everything): every rank calls
+the `save_*` functions, only the main process writes.
+"""
+
+from __future__ import annotations
+
+import copy
+import enum
+import logging
+import os
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from llava.train.zero3 import (
+    get_mm_adapter_state_maybe_zero_3,
+    get_peft_state_maybe_zero_3,
+    get_peft_state_non_lora_maybe_zero_3,
+)
+
+logger = logging.getLogger(__name__)
+
+ADAPTER_WEIGHTS_NAME = "adapter_model.bin"
+ADAPTER_CONFIG_NAME = "adapter_config.json"
+NON_LORA_TRAINABLES_NAME = "non_lora_trainables.bin"
+PROJECTOR_WEIGHTS_NAME = "mm_projector.bin"
+CONFIG_NAME = "config.json"
+TRAINING_ARGS_NAME = "training_args.bin"
+
+# The config written next to an adapter describes the model to rebuild for inference, not this training process:
+# the cache is on (upstream sets use_cache=True before its final save) and the base is loaded unquantized unless
+# the loader is asked to quantize (a QLoRA adapter applies to the base model's weights).
+_CONFIG_FIELDS_DROPPED = ("quantization_config",)
+
+
+class OutputKind(enum.Enum):
+    LORA = "lora"
+    PROJECTOR = "projector"
+    FULL = "full"
+
+
+def output_kind(model: nn.Module, args) -> OutputKind:
+    """Which set of files this run writes: decided by the model (PEFT-wrapped or not) and its config."""
+    from peft import PeftModel
+
+    if getattr(args, "lora_enable", False) or isinstance(model, PeftModel):
+        return OutputKind.LORA
+    if getattr(getattr(model, "config", None), "tune_mm_mlp_adapter", False):
+        return OutputKind.PROJECTOR
+    return OutputKind.FULL
+
+
+def save_config(config, output_dir: str) -> None:
+    """Write `config.json` as it should be read for inference (`use_cache` on, no quantization settings)."""
+    config = copy.deepcopy(config)
+    config.use_cache = True
+    for name in _CONFIG_FIELDS_DROPPED:
+        if hasattr(config, name):
+            delattr(config, name)
+    config.save_pretrained(output_dir)
+
+
+def save_lora_outputs(model: nn.Module, output_dir: str, lora_bias: str, is_main_process: bool) -> None:
+    """Write the adapter, `non_lora_trainables.bin` and `config.json` of a PEFT model into `output_dir`."""
+    named = list(model.named_parameters())
+    adapter_state = get_peft_state_maybe_zero_3(named, lora_bias)
+    non_lora_state = get_peft_state_non_lora_maybe_zero_3(named)
+    if not is_main_process:
+        return
+    os.makedirs(output_dir, exist_ok=True)
+    save_config(model.config, output_dir)
+    # .bin as upstream (the loader and upstream's tools read adapter_model.bin); PEFT strips the adapter name.
+    # The embedding layers are never part of the adapter: when they train, they are in non_lora_trainables.bin.
+    model.save_pretrained(
+        output_dir, state_dict=adapter_state, safe_serialization=False, save_embedding_layers=False
+    )
+    torch.save(non_lora_state, os.path.join(output_dir, NON_LORA_TRAINABLES_NAME))
+    logger.info(
+        "Saved LoRA adapter (%d tensors) and %d non-LoRA trainable tensors to %s",
+        len(adapter_state),
+        len(non_lora_state),
+        output_dir,
+    )
+
+
+def save_projector_outputs(
+    model: nn.Module, output_dir: str, keys_to_match: Sequence[str], is_main_process: bool
+) -> None:
+    """Write `mm_projector.bin` (every tensor whose name contains one of `keys_to_match`) and `config.json`."""
+    state = get_mm_adapter_state_maybe_zero_3(model.named_parameters(), keys_to_match)
+    if not is_main_process:
+        return
+    os.makedirs(output_dir, exist_ok=True)
+    save_config(model.config, output_dir)
+    torch.save(state, os.path.join(output_dir, PROJECTOR_WEIGHTS_NAME))
+    logger.info("Saved the projector (%d tensors) to %s", len(state), output_dir)
+
+
+def load_lora_outputs(model: nn.Module, checkpoint_dir: str) -> None:
+    """Restore the adapter AND the non-LoRA trainables (the projector) from a LoRA checkpoint (upstream #1200)."""
+    from peft import set_peft_model_state_dict
+
+    adapter_state = _load_tensors(os.path.join(checkpoint_dir, ADAPTER_WEIGHTS_NAME))
+    result = set_peft_model_state_dict(model, adapter_state)
+    if result.unexpected_keys:
+        raise ValueError(
+            f"{checkpoint_dir}/{ADAPTER_WEIGHTS_NAME} holds tensors this model has no place for: "
+            f"{sorted(result.unexpected_keys)[:5]}; resume with the same LoRA flags as the original run."
+        )
+    non_lora_path = os.path.join(checkpoint_dir, NON_LORA_TRAINABLES_NAME)
+    _load_into(model, _load_tensors(non_lora_path), non_lora_path)
+    logger.info("Restored the adapter and the non-LoRA trainables from %s", checkpoint_dir)
+
+
+def load_projector_outputs(model: nn.Module, checkpoint_dir: str) -> None:
+    """Restore the projector from a projector-pretraining checkpoint."""
+    path = os.path.join(checkpoint_dir, PROJECTOR_WEIGHTS_NAME)
+    _load_into(model, _load_tensors(path), path)
+    logger.info("Restored the projector from %s", checkpoint_dir)
+
+
+def _load_tensors(path: str) -> dict[str, torch.Tensor]:
+    if not os.path.isfile(path):
+        raise FileNotFoundError(
+            f"{path} is missing, so the checkpoint cannot be resumed; delete the incomplete checkpoint folder "
+            "to resume from the one before it."
+        )
+    # weights_only: a .bin must not be able to run code when loaded (SPEC 4.9).
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _load_into(model: nn.Module, state: dict[str, torch.Tensor], path: str) -> None:
+    """Copy `state` into the parameters of the same names; every key must name one of the model's tensors."""
+    result = model.load_state_dict(state, strict=False)
+    if result.unexpected_keys:
+        raise ValueError(
+            f"{path} holds tensors this model does not have: {sorted(result.unexpected_keys)[:5]}; resume with "
+            "the same model and flags as the original run."
+        )
+
+
+def safe_save_model_for_hf_trainer(trainer, output_dir: str) -> None:
+    """Save the trained model the way LLaVA does (upstream's name, kept for scripts that call it).
+
+    `LLaVATrainer.save_model` writes the right file set for the run (LoRA, projector pretraining or full);
+    call this on every rank, as with any ZeRO-3 save.
+    """
+    trainer.save_model(output_dir)

@@ -1,0 +1,155 @@
+"""LLaVA training entry point: `python llava/train/train.py ...` (or `deepspeed llava/train/train_mem.py ...`).
+
+`train()` reads as its steps: parse and validate the flags -> seed -> model -> k-bit preparation -> LoRA ->
+tokenizer and template -> vision modules -> data -> trainer -> train (resuming from the last `checkpoint-*`) ->
+save. Upstream's public names are importable from here, as they were from upstream's train.py.
+"""
+
+from __future__ import annotations
+
+import logging
+import pathlib
+from typing import Optional, Sequence
+
+import transformers
+
+from llava.train.arguments import DataArguments, ModelArguments, TrainingArguments, parse_args
+from llava.train.data import DataCollatorForSupervisedDataset, LazySupervisedDataset, make_supervised_data_module
+from llava.train.distributed import is_main_process
+from llava.train.llava_trainer import LLaVATrainer
+from llava.train.lora import add_lora, cast_kbit_modules, enable_input_grads, find_all_linear_names
+from llava.train.lora import prepare_for_kbit_training
+from llava.train.model_setup import (
+    load_model,
+    load_tokenizer,
+    setup_template,
+    setup_vision_modules,
+    smart_tokenizer_and_embedding_resize,
+)
+from llava.train.preprocess import (
+    preprocess,
+    preprocess_llama_2,
+    preprocess_mpt,
+    preprocess_multimodal,
+    preprocess_plain,
+    preprocess_v1,
+)
+from llava.train.saving import safe_save_model_for_hf_trainer
+from llava.train.zero3 import (
+    get_mm_adapter_state_maybe_zero_3,
+    get_peft_state_maybe_zero_3,
+    get_peft_state_non_lora_maybe_zero_3,
+    maybe_zero_3,
+)
+
+__all__ = [
+    "DataArguments",
+    "DataCollatorForSupervisedDataset",
+    "LazySupervisedDataset",
+    "ModelArguments",
+    "TrainingArguments",
+    "find_all_linear_names",
+    "get_mm_adapter_state_maybe_zero_3",
+    "get_peft_state_maybe_zero_3",
+    "get_peft_state_non_lora_maybe_zero_3",
+    "make_supervised_data_module",
+    "maybe_zero_3",
+    "preprocess",
+    "preprocess_llama_2",
+    "preprocess_mpt",
+    "preprocess_multimodal",
+    "preprocess_plain",
+    "preprocess_v1",
+    "safe_save_model_for_hf_trainer",
+    "smart_tokenizer_and_embedding_resize",
+    "train",
+]
+
+logger = logging.getLogger(__name__)
+CHECKPOINT_GLOB = "checkpoint-*"
+
+
+def train(attn_implementation: Optional[str] = None, argv: Optional[Sequence[str]] = None) -> LLaVATrainer:
+    """Run a training job configured by the command line (`sys.argv`, or `argv` when given).
+
+    Returns the trainer (upstream returns None), whose `model` and `state` describe the finished run.
+    """
+    model_args, data_args, training_args = parse_args(argv)
+    _configure_logging()
+    # Before the model and LoRA exist, so that the same seed gives the same run (upstream seeded later, SPEC 4.8).
+    _seed(training_args)
+
+    model = load_model(model_args, training_args, attn_implementation)
+    model = _prepare_for_training(model, training_args)
+    tokenizer = load_tokenizer(model_args, training_args)
+    template = setup_template(model_args, tokenizer, model)
+    dataset_kwargs = {"conv": template}
+    if model_args.vision_tower is not None:
+        vision = setup_vision_modules(model, tokenizer, model_args, data_args, training_args)
+        dataset_kwargs.update(
+            image_processor=vision.image_processor,
+            mm_use_im_start_end=model_args.mm_use_im_start_end,
+            image_grid_pinpoints=vision.image_grid_pinpoints,
+        )
+    if training_args.bits in (4, 8):
+        cast_kbit_modules(model, training_args)
+
+    data_module = make_supervised_data_module(tokenizer=tokenizer, data_args=data_args, **dataset_kwargs)
+    trainer = LLaVATrainer(model=model, processing_class=tokenizer, args=training_args, **data_module)
+    _fit(trainer, training_args)
+    _save(trainer)
+    return trainer
+
+
+def _configure_logging() -> None:
+    """INFO from this package on the main process only; other ranks report warnings and errors."""
+    package_logger = logging.getLogger("llava")
+    package_logger.setLevel(logging.INFO if is_main_process() else logging.WARNING)
+    if not logging.getLogger().handlers and not package_logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        package_logger.addHandler(handler)
+
+
+def _seed(training_args: TrainingArguments) -> None:
+    if training_args.full_determinism:
+        transformers.enable_full_determinism(training_args.seed)
+    else:
+        transformers.set_seed(training_args.seed)
+
+
+def _prepare_for_training(model, training_args: TrainingArguments):
+    """k-bit preparation, input gradients for checkpointing, then LoRA (the order upstream uses)."""
+    if training_args.bits in (4, 8):
+        model = prepare_for_kbit_training(model, training_args)
+    if training_args.gradient_checkpointing:
+        enable_input_grads(model)
+    if training_args.lora_enable:
+        model = add_lora(model, training_args)
+    return model
+
+
+def _fit(trainer: LLaVATrainer, training_args: TrainingArguments) -> None:
+    """Train, resuming from the last checkpoint when `output_dir` has one (as upstream)."""
+    resume = any(pathlib.Path(training_args.output_dir).glob(CHECKPOINT_GLOB))
+    if resume:
+        logger.info("Resuming from the last checkpoint in %s", training_args.output_dir)
+    trainer.train(resume_from_checkpoint=True if resume else None)
+    trainer.save_state()
+    stats = trainer.label_statistics()
+    logger.info(
+        "Trained on %d supervised tokens (%.1f%% of all tokens); %d samples were fully masked",
+        stats["supervised_tokens"],
+        100 * stats["supervised_token_share"],
+        stats["masked_samples"],
+    )
+
+
+def _save(trainer: LLaVATrainer) -> None:
+    """The final save into `output_dir` (every rank takes part, only the main process writes)."""
+    trainer.model.config.use_cache = True
+    trainer.save_model(trainer.args.output_dir)
+
+
+if __name__ == "__main__":
+    train()

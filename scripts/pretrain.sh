@@ -1,0 +1,49 @@
+#!/bin/bash
+# Projector pretraining (feature alignment) with upstream LLaVA's flags (the original LLaVA recipe, not
+# LLaVA-1.5's). Only the projector trains; the run writes mm_projector.bin for --pretrain_mm_mlp_adapter.
+# Set MODEL_VERSION as upstream asks (vicuna-v1-3-7b or llama-2-7b-chat). The prompt version must stay "plain".
+#
+# Every path can be overridden from the environment; the defaults are upstream's. LAUNCHER_ARGS goes to the
+# deepspeed launcher (e.g. "--num_gpus 2 --master_port 29600"). Runs on a CPU-only machine too.
+
+PROMPT_VERSION=plain
+
+MODEL_PATH=${MODEL_PATH:-./checkpoints/$MODEL_VERSION}
+DATA_PATH=${DATA_PATH:-/path/to/pretrain_data.json}
+IMAGE_FOLDER=${IMAGE_FOLDER:-/path/to/images}
+VISION_TOWER=${VISION_TOWER:-openai/clip-vit-large-patch14}
+OUTPUT_DIR=${OUTPUT_DIR:-./checkpoints/llava-$MODEL_VERSION-pretrain}
+DEEPSPEED_CONFIG=${DEEPSPEED_CONFIG:-./scripts/zero2.json}
+
+deepspeed $LAUNCHER_ARGS llava/train/train_mem.py \
+    --deepspeed "$DEEPSPEED_CONFIG" \
+    --model_name_or_path "$MODEL_PATH" \
+    --version $PROMPT_VERSION \
+    --data_path "$DATA_PATH" \
+    --image_folder "$IMAGE_FOLDER" \
+    --vision_tower "$VISION_TOWER" \
+    --tune_mm_mlp_adapter True \
+    --mm_vision_select_layer -2 \
+    --mm_use_im_start_end False \
+    --mm_use_im_patch_token False \
+    --bf16 True \
+    --output_dir "$OUTPUT_DIR" \
+    --num_train_epochs 1 \
+    --per_device_train_batch_size 16 \
+    --per_device_eval_batch_size 4 \
+    --gradient_accumulation_steps 1 \
+    --evaluation_strategy "no" \
+    --save_strategy "steps" \
+    --save_steps 24000 \
+    --save_total_limit 1 \
+    --learning_rate 2e-3 \
+    --weight_decay 0. \
+    --warmup_ratio 0.03 \
+    --lr_scheduler_type "cosine" \
+    --logging_steps 1 \
+    --tf32 True \
+    --model_max_length 2048 \
+    --gradient_checkpointing True \
+    --dataloader_num_workers 4 \
+    --lazy_preprocess True \
+    --report_to wandb

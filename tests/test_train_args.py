@@ -1,0 +1,120 @@
+"""Command-line parsing and validation of `llava.train.arguments` (no model is loaded)."""
+
+from __future__ import annotations
+
+import importlib.util
+import warnings
+
+import pytest
+
+from llava.train.arguments import ArgumentsError, parse_args, parse_grid_pinpoints
+
+
+@pytest.fixture
+def base_argv(tiny, tmp_path):
+    """A valid LoRA command line on the tiny model."""
+    return [
+        "--model_name_or_path", str(tiny.llm),
+        "--version", "v1",
+        "--data_path", str(tiny.data),
+        "--image_folder", str(tiny.image_folder),
+        "--vision_tower", str(tiny.vision_tower),
+        "--lora_enable", "True",
+        "--output_dir", str(tmp_path / "out"),
+    ]  # fmt: skip
+
+
+def test_valid_command_line_parses(base_argv):
+    model_args, data_args, training_args = parse_args(base_argv)
+    assert model_args.version == "v1"
+    assert data_args.data_path.endswith("llava_tiny.json")
+    assert training_args.lora_enable is True
+    # upstream's defaults
+    assert (training_args.lora_r, training_args.lora_alpha, training_args.lora_dropout) == (64, 16, 0.05)
+    assert (training_args.bits, training_args.model_max_length, training_args.optim) == (16, 512, "adamw_torch")
+    assert training_args.remove_unused_columns is False
+
+
+@pytest.mark.parametrize(
+    "extra, expected",
+    [
+        (["--version", "vicuna_v9"], "--version 'vicuna_v9' is not a conversation template; valid names: "),
+        (["--bits", "3"], "--bits 3 is not one of 4, 8, 16."),
+        (["--quant_type", "int4"], "--quant_type 'int4' is not one of 'fp4', 'nf4'."),
+        (["--lora_bias", "some"], "--lora_bias 'some' is not one of 'none', 'all', 'lora_only'."),
+        (["--image_aspect_ratio", "wide"], "--image_aspect_ratio 'wide' is not one of 'square', 'pad', 'anyres'."),
+        (["--mm_projector_type", "mlp2x_relu"], "--mm_projector_type 'mlp2x_relu' is unknown"),
+        (["--mm_vision_select_feature", "cls"], "--mm_vision_select_feature 'cls' is not one of"),
+        (["--mm_patch_merge_type", "unpad"], "--mm_patch_merge_type 'unpad' is not one of"),
+        (["--lora_r", "0"], "--lora_r must be a positive rank, got 0."),
+        (["--lora_dropout", "1.5"], "--lora_dropout must be in [0, 1), got 1.5."),
+        (["--image_aspect_ratio", "anyres"], "--image_aspect_ratio anyres needs --image_grid_pinpoints"),
+        (["--image_grid_pinpoints", "[[336,672],[672]]"], "--image_grid_pinpoints '[[336,672],[672]]' is not a list"),
+        (["--data_path", "/nonexistent/data.json"], "--data_path '/nonexistent/data.json' does not exist"),
+        (["--image_folder", "/nonexistent/images"], "--image_folder '/nonexistent/images' does not exist"),
+        (["--pretrain_mm_mlp_adapter", "/nonexistent/mm_projector.bin"], "does not exist; pass the mm_projector.bin"),
+        (["--lora_enable", "False", "--bits", "4"], "--bits 4 quantizes the language model"),
+        (["--lora_enable", "False", "--tune_mm_mlp_adapter", "True", "--freeze_mm_mlp_adapter", "True"],
+         "leaves nothing to train"),
+        (["--tune_mm_mlp_adapter", "True"], "drop --lora_enable for projector pretraining"),
+    ],
+)
+def test_each_problem_is_reported(base_argv, extra, expected):
+    with pytest.raises(ArgumentsError) as caught:
+        parse_args(base_argv + extra)
+    assert expected in str(caught.value)
+    assert str(caught.value).startswith("1 problem(s) with the training arguments:")
+
+
+def test_all_problems_are_reported_at_once(base_argv):
+    with pytest.raises(ArgumentsError) as caught:
+        parse_args(base_argv + ["--version", "nope", "--bits", "5", "--lora_bias", "x"])
+    message = str(caught.value)
+    assert message.startswith("3 problem(s)")
+    assert "--version 'nope'" in message and "--bits 5" in message and "--lora_bias 'x'" in message
+
+
+def test_unknown_version_lists_every_template(base_argv):
+    from llava.conversation import conv_templates
+
+    with pytest.raises(ArgumentsError) as caught:
+        parse_args(base_argv + ["--version", "llava_v2"])
+    listed = str(caught.value).split("valid names: ")[1].rstrip(".")
+    assert listed.split(", ") == sorted({*conv_templates, "v0.5"})
+
+
+def test_projector_pretraining_needs_a_vision_tower(tiny, tmp_path):
+    argv = ["--model_name_or_path", str(tiny.llm), "--data_path", str(tiny.data), "--tune_mm_mlp_adapter", "True",
+            "--output_dir", str(tmp_path)]  # fmt: skip
+    with pytest.raises(ArgumentsError, match="--tune_mm_mlp_adapter trains the projector, which needs --vision_tower"):
+        parse_args(argv)
+
+
+def test_upstream_gpu_flags_run_on_cpu(base_argv):
+    """upstream's scripts pass --bf16 --tf32 --evaluation_strategy --report_to wandb: all accepted on CPU."""
+    argv = base_argv + ["--bf16", "True", "--tf32", "True", "--evaluation_strategy", "no", "--report_to", "wandb"]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _, _, training_args = parse_args(argv)
+    assert training_args.bf16 is True and training_args.use_cpu is True
+    assert training_args.tf32 is None
+    assert training_args.eval_strategy == "no"
+    wandb_installed = importlib.util.find_spec("wandb") is not None
+    assert training_args.report_to == (["wandb"] if wandb_installed else [])
+    messages = [str(w.message) for w in caught]
+    assert sum("wandb is not installed" in m for m in messages) == (0 if wandb_installed else 1)
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("[[336,672],[672,336],[672,672]]", [[336, 672], [672, 336], [672, 672]]),
+        ("[(32, 64)]", [[32, 64]]),
+        ("[]", None),
+        ("[[32, 64, 1]]", None),
+        ("[[32, -1]]", None),
+        ("not a list", None),
+    ],
+)
+def test_parse_grid_pinpoints(text, expected):
+    assert parse_grid_pinpoints(text) == expected
