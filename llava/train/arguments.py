@@ -133,16 +133,33 @@ class TrainingArguments(transformers.TrainingArguments):
     evaluation_strategy: Optional[str] = field(
         default=None, metadata={"help": "Old name of --eval_strategy (upstream's scripts pass it); mapped onto it."}
     )
+    warmup_ratio: Optional[float] = field(
+        default=None,
+        metadata={
+            "help": "Share of the training steps spent warming up (upstream's scripts pass it; transformers 5 took it "
+            "into --warmup_steps, where a value below 1 is a ratio). Ignored when --warmup_steps is given."
+        },
+    )
 
     def __post_init__(self):
         # Upstream's scripts predate transformers' rename of --evaluation_strategy to --eval_strategy.
         if self.evaluation_strategy is not None:
             self.eval_strategy = self.evaluation_strategy
             self.evaluation_strategy = None
+        self._map_warmup_ratio()
         if not torch.cuda.is_available():
             self._adapt_to_cpu()
         super().__post_init__()
         self._drop_missing_reporters()
+
+    def _map_warmup_ratio(self) -> None:
+        """--warmup_ratio r (transformers 4) == --warmup_steps r (transformers 5, for r < 1)."""
+        if self.warmup_ratio is None:
+            return
+        if not 0.0 <= self.warmup_ratio < 1.0:
+            raise ValueError(f"--warmup_ratio must be in [0, 1), got {self.warmup_ratio}.")
+        if not self.warmup_steps:
+            self.warmup_steps = self.warmup_ratio
 
     def _adapt_to_cpu(self) -> None:
         """Let GPU-oriented flags from upstream's scripts run on a machine without CUDA."""

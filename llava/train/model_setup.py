@@ -25,13 +25,15 @@ from llava.train.arguments import (
     parse_grid_pinpoints,
 )
 from llava.train.distributed import is_zero3_enabled
+from llava.train.zero3 import disable_4bit_cpu_repacking, gathered_for_modification
 
 logger = logging.getLogger(__name__)
 
 PAD_TOKEN = "[PAD]"
-# Kept out of bitsandbytes quantization: the projector trains in full precision (upstream), and the vision tower
-# is never quantized.
-QUANTIZATION_SKIP_MODULES = ["mm_projector", "vision_tower"]
+# Kept out of bitsandbytes quantization: the projector trains in full precision (upstream), the vision tower is
+# never quantized, and the output head stays whole (transformers' own default) so that adding tokens
+# (`--mm_use_im_patch_token`, `v0`'s [PAD]) can resize it; upstream's list replaced that default and quantized it.
+QUANTIZATION_SKIP_MODULES = ["mm_projector", "vision_tower", "lm_head"]
 
 
 def compute_dtype(training_args: TrainingArguments) -> torch.dtype:
@@ -84,6 +86,9 @@ def load_model(
     else:
         model = transformers.LlamaForCausalLM.from_pretrained(model_args.model_name_or_path, **kwargs)
     model.config.use_cache = False
+    if training_args.bits == 4 and is_zero3_enabled() and not torch.cuda.is_available():
+        # bitsandbytes' CPU repacking does not survive ZeRO-3 re-partitioning (docs/qlora_zero3.md).
+        disable_4bit_cpu_repacking(model)
     if model_args.freeze_backbone:
         model.model.requires_grad_(False)
     return model
@@ -127,21 +132,10 @@ def smart_tokenizer_and_embedding_resize(special_tokens_dict: dict, tokenizer, m
 
 def _fill_new_rows_with_mean(model: nn.Module, num_new_tokens: int) -> None:
     weights = [model.get_input_embeddings().weight, model.get_output_embeddings().weight]
-    with _modifiable(weights):
+    with gathered_for_modification(weights):
         for weight in weights:
             rows = weight.data
             rows[-num_new_tokens:] = rows[:-num_new_tokens].mean(dim=0, keepdim=True)
-
-
-def _modifiable(params: list[torch.Tensor]):
-    """Under ZeRO-3, gather `params` for modification on rank 0 and re-partition them after; otherwise nothing."""
-    import contextlib
-
-    if not any(hasattr(p, "ds_id") for p in params):
-        return contextlib.nullcontext()
-    import deepspeed
-
-    return deepspeed.zero.GatheredParameters(params, modifier_rank=0)
 
 
 @dataclass(frozen=True)
