@@ -175,6 +175,19 @@ def test_zero3_resume_continues_exactly(zero3_run, tiny, zero3_config, tmp_path)
     assert all(torch.equal(resumed_gathered[k], gathered[k]) for k in gathered)
 
 
+def test_pretrained_projector_loads_into_partitioned_parameters(tiny, zero3_config, tmp_path):
+    """From a LLaVA checkpoint, ZeRO-3 creates the projector partitioned; the adapter must still land whole."""
+    dump_dir = tmp_path / "dump"
+    _run_zero3(
+        tiny, zero3_config, tmp_path / "out", dump_dir,
+        model_name_or_path=tiny.llava, max_steps=1, save_steps=10, learning_rate=0.0, mm_projector_lr=0.0,
+    )  # fmt: skip
+    gathered = torch.load(dump_dir / "gathered.pt", weights_only=True)
+    pretrained = load_bin(tiny.projector)
+    for key in PROJECTOR_KEYS:
+        assert torch.equal(gathered[f"base_model.model.model.{key}"], pretrained[f"model.{key}"]), key
+
+
 def test_qlora_4bit_under_zero3(tiny, zero3_config, tmp_path):
     """Upstream's QLoRA always passes device_map, which ZeRO-3 refuses (#1692, SPEC 4.6); here it shards."""
     output_dir, dump_dir = tmp_path / "out", tmp_path / "dump"
