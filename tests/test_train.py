@@ -245,9 +245,12 @@ def test_lora_bias_modes(lora_bias, biased_llm, tiny, tmp_path):
 
 @pytest.mark.parametrize("bits, layer_class", [(4, "Linear4bit"), (8, "Linear8bitLt")])
 def test_qlora(bits, layer_class, tiny, tmp_path):
-    trainer = train(argv=multimodal_flags(tiny, tmp_path, bits=bits, max_steps=2, save_steps=1))
+    # From the full LLaVA checkpoint, so that the projector exists when the model is quantized.
+    argv = multimodal_flags(tiny, tmp_path, bits=bits, max_steps=2, save_steps=1, model_name_or_path=tiny.llava)
+    trainer = train(argv=argv)
     q_proj = trainer.model.base_model.model.model.layers[0].self_attn.q_proj.base_layer
     assert type(q_proj).__name__ == layer_class
+    assert type(trainer.model.base_model.model.model.mm_projector[0]) is torch.nn.Linear
     assert checkpoints(tmp_path) == ["checkpoint-1", "checkpoint-2"]
     assert files_in(tmp_path / "checkpoint-1") == LORA_FILES | RESUME_FILES
     adapter = load_bin(tmp_path / "adapter_model.bin")

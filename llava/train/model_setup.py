@@ -15,6 +15,7 @@ import torch
 import transformers
 from torch import nn
 
+from llava.constants import QUANTIZATION_SKIP_MODULES
 from llava.conversation import Conversation, get_conv_template
 from llava.train.arguments import (
     DEFAULT_TEMPLATE,
@@ -30,10 +31,6 @@ from llava.train.zero3 import disable_4bit_cpu_repacking, gathered_for_modificat
 logger = logging.getLogger(__name__)
 
 PAD_TOKEN = "[PAD]"
-# Kept out of bitsandbytes quantization: the projector trains in full precision (upstream), the vision tower is
-# never quantized, and the output head stays whole (transformers' own default) so that adding tokens
-# (`--mm_use_im_patch_token`, `v0`'s [PAD]) can resize it; upstream's list replaced that default and quantized it.
-QUANTIZATION_SKIP_MODULES = ["mm_projector", "vision_tower", "lm_head"]
 
 
 def compute_dtype(training_args: TrainingArguments) -> torch.dtype:
@@ -55,7 +52,7 @@ def quantization_kwargs(training_args: TrainingArguments) -> dict[str, Any]:
     config = transformers.BitsAndBytesConfig(
         load_in_4bit=training_args.bits == 4,
         load_in_8bit=training_args.bits == 8,
-        llm_int8_skip_modules=QUANTIZATION_SKIP_MODULES,
+        llm_int8_skip_modules=list(QUANTIZATION_SKIP_MODULES),
         llm_int8_threshold=6.0,
         llm_int8_has_fp16_weight=False,
         bnb_4bit_compute_dtype=dtype,

@@ -1,0 +1,520 @@
+"""Load what training produced (or an upstream LLaVA checkpoint) for inference: ``load_pretrained_model``.
+
+Upstream decides what a directory holds from words in the model's name ("llava", "lora"), so a LoRA run saved as
+``./checkpoints/my-run`` loads as a plain language model and its projector is silently lost (upstream #1021,
+#1022, #730; SPEC 4.5). Here the kind is read from the files in the directory:
+
+====================  =========================================================================================
+kind                  recognised by
+====================  =========================================================================================
+LoRA run              ``adapter_config.json`` (+ ``adapter_model.bin|safetensors``, ``non_lora_trainables.bin``,
+                      ``config.json``); needs ``model_base``; LLaVA when the run's or the base's config is LLaVA's
+projector only        ``mm_projector.bin`` and no model weights (projector pretraining); needs ``model_base``
+full LLaVA            ``config.json`` with ``model_type`` ``llava*`` or an ``mm_vision_tower`` field, plus weights
+language model        any other ``config.json`` with weights
+====================  =========================================================================================
+
+``model_name`` is still accepted (upstream passes ``get_model_name_from_path(model_path)``) but decides nothing.
+"""
+
+from __future__ import annotations
+
+import copy
+import enum
+import json
+import logging
+import warnings
+from dataclasses import dataclass
+from os import PathLike
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from llava.constants import (
+    DEFAULT_IM_END_TOKEN,
+    DEFAULT_IM_START_TOKEN,
+    DEFAULT_IMAGE_PATCH_TOKEN,
+    QUANTIZATION_SKIP_MODULES,
+)
+from llava.model.state_files import load_state_file
+
+logger = logging.getLogger(__name__)
+
+CONFIG_FILE = "config.json"
+ADAPTER_CONFIG_FILE = "adapter_config.json"
+# PEFT writes safetensors by default; our trainer and upstream's write the pickle. Either is accepted.
+ADAPTER_WEIGHT_FILES = ("adapter_model.safetensors", "adapter_model.bin")
+NON_LORA_TRAINABLES_FILE = "non_lora_trainables.bin"
+PROJECTOR_FILE = "mm_projector.bin"
+TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
+MODEL_WEIGHT_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
+CHECKPOINT_DIR_PREFIX = "checkpoint-"
+
+# Upstream's fallback when the config has no `max_sequence_length` (Llama configs never do).
+DEFAULT_CONTEXT_LEN = 2048
+
+
+# Prefixes PEFT puts in front of parameter names: `base_model.model.<name in the wrapped model>`.
+PEFT_PREFIX = "base_model."
+# Upstream's non_lora_trainables written from a model wrapped twice carry `model.model.` after `base_model.`.
+DOUBLE_MODEL_PREFIX = "model.model."
+MODEL_PREFIX = "model."
+# PEFT (>= 0.7) moves a wrapped layer's own weights under `.base_layer.`; the merged model has no such level.
+PEFT_BASE_LAYER = ".base_layer."
+
+
+class CheckpointKind(enum.Enum):
+    """What a model directory holds, decided by :func:`detect_checkpoint_kind` from its files."""
+
+    LORA = "lora"
+    PROJECTOR = "projector"
+    LLAVA = "llava"
+    LANGUAGE_MODEL = "language_model"
+
+
+@dataclass(frozen=True)
+class _Loaded:
+    tokenizer: Any
+    model: Any
+
+
+def detect_checkpoint_kind(model_path: str | PathLike[str]) -> CheckpointKind:
+    """Classify ``model_path`` by the files in it (never by its name; upstream #1021, #1022, #730).
+
+    Raises:
+        FileNotFoundError: ``model_path`` is not a directory, or holds nothing this loader understands.
+    """
+    path = Path(model_path)
+    if not path.is_dir():
+        raise FileNotFoundError(
+            f"model path {path} is not a directory; pass the output_dir of a training run, one of its checkpoint-N "
+            "folders, or a model directory (models are not downloaded: this loader reads local files only)"
+        )
+    if (path / ADAPTER_CONFIG_FILE).is_file():
+        return CheckpointKind.LORA
+    has_weights = any((path / name).is_file() for name in MODEL_WEIGHT_FILES)
+    if (path / PROJECTOR_FILE).is_file() and not has_weights:
+        return CheckpointKind.PROJECTOR
+    config = _read_json(path / CONFIG_FILE) if (path / CONFIG_FILE).is_file() else None
+    if config is None or not has_weights:
+        raise FileNotFoundError(
+            f"{path} holds no model this loader understands: expected {ADAPTER_CONFIG_FILE} (a LoRA run), "
+            f"{PROJECTOR_FILE} (a pretrained projector), or {CONFIG_FILE} with model weights "
+            f"({' or '.join(MODEL_WEIGHT_FILES)})"
+        )
+    return CheckpointKind.LLAVA if _is_llava_config(config) else CheckpointKind.LANGUAGE_MODEL
+
+
+def load_pretrained_model(
+    model_path: str | PathLike[str],
+    model_base: str | PathLike[str] | None,
+    model_name: str | None = None,
+    load_8bit: bool = False,
+    load_4bit: bool = False,
+    device_map: str | dict | None = "auto",
+    device: str = "cuda",
+    use_flash_attn: bool = False,
+    **kwargs: Any,
+) -> tuple[Any, torch.nn.Module, Any, int]:
+    """Load a model for inference and return ``(tokenizer, model, image_processor, context_len)``.
+
+    Args:
+        model_path: a LoRA run's ``output_dir`` or any of its ``checkpoint-N/``, a projector-pretraining output, a
+            full LLaVA model directory, or a language model directory (see the module docstring).
+        model_base: the model LoRA or projector weights were trained over (upstream's ``--model-base``); required
+            for those two kinds, ignored with a warning otherwise.
+        model_name: accepted for compatibility with upstream callers; the kind is decided from files.
+        load_8bit, load_4bit: quantise the language model with bitsandbytes (8-bit, or 4-bit nf4 with double
+            quantisation), keeping :data:`llava.constants.QUANTIZATION_SKIP_MODULES` in full precision like training does.
+        device_map: passed to ``from_pretrained`` when ``device`` is ``"cuda"``; otherwise everything is put on
+            ``device``, as upstream.
+        device: ``"cuda"`` or ``"cpu"`` (or ``"cuda:N"``, ``"mps"``...).
+        use_flash_attn: use flash-attention-2 (falls back to SDPA with a warning when ``flash_attn`` is absent).
+        kwargs: passed on to ``from_pretrained`` (e.g. ``dtype``/``torch_dtype``, ``attn_implementation``).
+            The default dtype is float16 on GPUs (as upstream) and float32 elsewhere, where half-precision
+            matmuls are slow or unsupported.
+
+    Returns:
+        The tokenizer (with LLaVA's image tokens added as the config asks), the model in eval mode with LoRA merged,
+        the vision tower's image processor (``None`` for language models) and the context length
+        (``config.max_sequence_length`` or 2048, as upstream).
+    """
+    del model_name  # upstream decides from it; we decide from the files (upstream #1021, #1022, #730)
+    model_path = Path(model_path)
+    model_base = Path(model_base) if model_base is not None else None
+    kind = detect_checkpoint_kind(model_path)
+    dtype = _resolve_dtype(kwargs, device)
+    options = _from_pretrained_options(load_8bit, load_4bit, device_map, device, use_flash_attn, dtype, kwargs)
+    logger.info("loading %s as %s", model_path, kind.value)
+
+    if kind in (CheckpointKind.LORA, CheckpointKind.PROJECTOR):
+        if model_base is None:
+            raise ValueError(_missing_base_message(model_path, kind))
+        if kind is CheckpointKind.LORA:
+            loaded = _load_lora_run(model_path, model_base, options)
+        else:
+            loaded = _load_projector_over_base(model_path, model_base, options)
+    else:
+        if model_base is not None:
+            warnings.warn(
+                f"{model_path} is a complete model ({kind.value}); --model-base {model_base} is ignored",
+                stacklevel=2,
+            )
+        loaded = _load_complete_model(model_path, options)
+
+    tokenizer, model = loaded.tokenizer, loaded.model
+    image_processor = None
+    if _is_llava_config(model.config.to_dict()):
+        _add_image_tokens(tokenizer, model)
+        image_processor = _load_vision_tower(model, device, dtype)
+    model.eval()
+    context_len = getattr(model.config, "max_sequence_length", DEFAULT_CONTEXT_LEN)
+    return tokenizer, model, image_processor, context_len
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The four kinds
+
+
+def _load_lora_run(run_dir: Path, model_base: Path, options: dict[str, Any]) -> _Loaded:
+    """Base model with the run's config -> non-LoRA trainables (projector) -> LoRA adapter merged in."""
+    from transformers import AutoConfig
+
+    run_config_file = _run_config_file(run_dir)
+    base_config = AutoConfig.from_pretrained(model_base)
+    if run_config_file is not None:
+        config = AutoConfig.from_pretrained(run_config_file.parent)
+    else:
+        # A plain PEFT adapter over a language model (or over a full LLaVA) carries no config of its own.
+        config = base_config
+    non_lora_file = run_dir / NON_LORA_TRAINABLES_FILE
+    non_lora_state = _normalise_non_lora_keys(load_state_file(non_lora_file)) if non_lora_file.is_file() else {}
+
+    model, missing = _load_base(model_base, config, base_config, options)
+    _apply_state(model, non_lora_state, non_lora_file, model_base)
+    still_missing = sorted(set(missing) - set(non_lora_state))
+    if still_missing:
+        raise ValueError(_missing_weights_message(run_dir, model_base, still_missing, non_lora_file))
+    if run_config_file is not None and _is_llava_config(config.to_dict()) and not non_lora_state:
+        logger.info("%s has no %s: the projector comes from %s", run_dir, NON_LORA_TRAINABLES_FILE, model_base)
+
+    model = _merge_adapter(model, run_dir)
+    tokenizer = _load_tokenizer(run_dir if _has_tokenizer(run_dir) else model_base)
+    return _Loaded(tokenizer, model)
+
+
+def _load_projector_over_base(projector_dir: Path, model_base: Path, options: dict[str, Any]) -> _Loaded:
+    """Projector pretraining output (``mm_projector.bin`` + config) over the language model it was trained on."""
+    from transformers import AutoConfig
+
+    config_file = _run_config_file(projector_dir)
+    if config_file is None:
+        raise FileNotFoundError(
+            f"{projector_dir} has {PROJECTOR_FILE} but no {CONFIG_FILE} (nor one in its parent run directory); the "
+            "config says which vision tower and projector type the weights belong to. Copy config.json from the "
+            "pretraining output_dir into it"
+        )
+    config = AutoConfig.from_pretrained(config_file.parent)
+    base_config = AutoConfig.from_pretrained(model_base)
+    projector_file = projector_dir / PROJECTOR_FILE
+    projector_state = load_state_file(projector_file)
+
+    model, missing = _load_base(model_base, config, base_config, options)
+    _apply_state(model, projector_state, projector_file, model_base)
+    still_missing = sorted(set(missing) - set(projector_state))
+    if still_missing:
+        raise ValueError(_missing_weights_message(projector_dir, model_base, still_missing, projector_file))
+    tokenizer = _load_tokenizer(projector_dir if _has_tokenizer(projector_dir) else model_base)
+    return _Loaded(tokenizer, model)
+
+
+def _load_complete_model(model_dir: Path, options: dict[str, Any]) -> _Loaded:
+    """A full LLaVA model or a language model, loaded through the Auto classes (LlavaConfig is registered)."""
+    import llava.model  # noqa: F401  (registers llava_llama with the Auto classes)
+    from transformers import AutoModelForCausalLM
+
+    model, info = AutoModelForCausalLM.from_pretrained(model_dir, output_loading_info=True, **options)
+    if info["missing_keys"]:
+        raise ValueError(
+            f"{model_dir} is incomplete: no weights for {_preview(info['missing_keys'])}. Re-save the model, or if "
+            "it is a LoRA run / pretrained projector, check that its adapter_config.json / mm_projector.bin is there"
+        )
+    return _Loaded(_load_tokenizer(model_dir), model)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Steps
+
+
+def _load_base(
+    model_base: Path, config: Any, base_config: Any, options: dict[str, Any]
+) -> tuple[torch.nn.Module, list[str]]:
+    """Load ``model_base``'s weights into a model built from ``config``; return it and the keys the base lacked.
+
+    Training may have added tokens (``v0``'s ``[PAD]``, ``<im_start>``/``<im_end>``), so the run's vocabulary can be
+    larger than the base's: the base is loaded at its own size and then resized, and the trained rows arrive with the
+    non-LoRA trainables. Any other shape difference means the base is not the one the run was trained from.
+    """
+    import llava.model  # noqa: F401  (registers llava_llama with the Auto classes)
+    from transformers import AutoModelForCausalLM
+
+    if not hasattr(base_config, "vocab_size") or not hasattr(base_config, "hidden_size"):
+        raise ValueError(
+            f"--model-base {model_base} is not a language model (model_type {base_config.model_type!r}); pass the "
+            "--model_name_or_path the run was trained from"
+        )
+    config = copy.deepcopy(config)
+    run_vocab_size = config.vocab_size
+    config.vocab_size = base_config.vocab_size
+    _check_base_matches(config, base_config, model_base)
+    try:
+        model, info = AutoModelForCausalLM.from_pretrained(
+            model_base, config=config, output_loading_info=True, **options
+        )
+    except RuntimeError as err:
+        if "size mismatch" not in str(err) and "shape" not in str(err):
+            raise
+        raise ValueError(
+            f"the weights in --model-base {model_base} do not fit the model described by the run's config: {err}. "
+            "Pass the --model-base the run was trained from"
+        ) from err
+    if info["mismatched_keys"]:
+        raise ValueError(
+            f"the weights in --model-base {model_base} have other shapes than the run's config: "
+            f"{_preview([key for key, *_ in info['mismatched_keys']])}. Pass the --model-base the run was trained from"
+        )
+    if run_vocab_size != base_config.vocab_size:
+        logger.info("resizing embeddings from the base's %d to the run's %d tokens", base_config.vocab_size, run_vocab_size)
+        model.resize_token_embeddings(run_vocab_size)
+        model.config.vocab_size = run_vocab_size
+    return model, list(info["missing_keys"])
+
+
+def _check_base_matches(config: Any, base_config: Any, model_base: Path) -> None:
+    """Compare the sizes that decide every weight shape before spending time on loading."""
+    fields = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads")
+    differing = [
+        f"{field}: run {getattr(config, field, None)} vs base {getattr(base_config, field, None)}"
+        for field in fields
+        if getattr(config, field, None) != getattr(base_config, field, None)
+    ]
+    if differing:
+        raise ValueError(
+            f"--model-base {model_base} is not the model this run was trained from ({'; '.join(differing)}). "
+            "Pass the --model-base used for training"
+        )
+
+
+def _apply_state(model: torch.nn.Module, state: dict[str, torch.Tensor], source: Path, model_base: Path) -> None:
+    """Copy ``state`` into ``model`` after checking that every name exists there with the same shape."""
+    if not state:
+        return
+    own = model.state_dict()
+    unknown = sorted(key for key in state if key not in own)
+    if unknown:
+        raise ValueError(
+            f"{source} has weights the model built from --model-base {model_base} does not have: "
+            f"{_preview(unknown)}. Pass the --model-base the run was trained from"
+        )
+    wrong_shape = [
+        f"{key} {tuple(state[key].shape)} vs {tuple(own[key].shape)}"
+        for key in sorted(state)
+        if state[key].shape != own[key].shape
+    ]
+    if wrong_shape:
+        raise ValueError(
+            f"{source} does not fit --model-base {model_base}: {_preview(wrong_shape)}. "
+            "Pass the --model-base the run was trained from"
+        )
+    model.load_state_dict(state, strict=False)
+
+
+def _merge_adapter(model: torch.nn.Module, run_dir: Path) -> torch.nn.Module:
+    """Load the LoRA adapter over ``model``, check every tensor arrived, and merge it into the weights."""
+    from peft import PeftModel, get_peft_model_state_dict
+
+    weight_file = next((run_dir / name for name in ADAPTER_WEIGHT_FILES if (run_dir / name).is_file()), None)
+    if weight_file is None:
+        raise FileNotFoundError(
+            f"{run_dir} has {ADAPTER_CONFIG_FILE} but no adapter weights ({' or '.join(ADAPTER_WEIGHT_FILES)}); "
+            "the run did not finish saving - use one of its checkpoint-N folders"
+        )
+    # Read it ourselves first: the one safe reader refuses pickles carrying code with a message naming the file
+    # (SPEC 4.9), and gives the reference to check what PEFT loaded against.
+    expected = load_state_file(weight_file)
+    try:
+        peft_model = PeftModel.from_pretrained(model, run_dir)
+    except RuntimeError as err:
+        raise ValueError(f"the LoRA weights in {weight_file} do not fit the base model: {err}") from err
+    loaded = get_peft_model_state_dict(peft_model)
+    missing = sorted(set(loaded) - set(expected))
+    unused = sorted(set(expected) - set(loaded))
+    if missing or unused:
+        raise ValueError(
+            f"the LoRA adapter in {weight_file} does not match the base model: "
+            f"layers without weights in the file: {_preview(missing)}; weights in the file with no layer: "
+            f"{_preview(unused)}. Pass the --model-base the run was trained from"
+        )
+    logger.info("merging the LoRA adapter from %s", weight_file)
+    return peft_model.merge_and_unload()
+
+
+def _add_image_tokens(tokenizer: Any, model: torch.nn.Module) -> None:
+    """Add ``<im_patch>`` / ``<im_start>`` / ``<im_end>`` as the config asks, and grow the embeddings to fit.
+
+    ``mm_use_im_patch_token`` defaults to True when absent, as upstream. Unlike upstream the embeddings are only ever
+    grown: a tokenizer shorter than a padded vocabulary would otherwise cut off trained rows.
+    """
+    if getattr(model.config, "mm_use_im_patch_token", True):
+        tokenizer.add_tokens([DEFAULT_IMAGE_PATCH_TOKEN], special_tokens=True)
+    if getattr(model.config, "mm_use_im_start_end", False):
+        tokenizer.add_tokens([DEFAULT_IM_START_TOKEN, DEFAULT_IM_END_TOKEN], special_tokens=True)
+    if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
+        model.resize_token_embeddings(len(tokenizer))
+
+
+def _load_vision_tower(model: torch.nn.Module, device: str, dtype: torch.dtype) -> Any:
+    """Load the tower named by ``mm_vision_tower`` (never quantised) onto ``device``; return its image processor."""
+    vision_tower = model.get_vision_tower()
+    if not vision_tower.is_loaded:
+        vision_tower.load_model()
+    vision_tower.to(device=device, dtype=dtype)
+    return vision_tower.image_processor
+
+
+def _load_tokenizer(directory: Path) -> Any:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(directory)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Options and small helpers
+
+
+def _resolve_dtype(kwargs: dict[str, Any], device: str) -> torch.dtype:
+    """``dtype``/``torch_dtype`` from the caller, else float16 on CUDA (upstream) and float32 elsewhere."""
+    dtype = kwargs.pop("dtype", None)
+    torch_dtype = kwargs.pop("torch_dtype", None)
+    dtype = dtype if dtype is not None else torch_dtype
+    if dtype is None:
+        return torch.float16 if device.startswith("cuda") else torch.float32
+    if isinstance(dtype, str):
+        resolved = getattr(torch, dtype, None)
+        if not isinstance(resolved, torch.dtype):
+            raise ValueError(f"unknown dtype {dtype!r}; use float16, bfloat16 or float32")
+        return resolved
+    return dtype
+
+
+def _from_pretrained_options(
+    load_8bit: bool,
+    load_4bit: bool,
+    device_map: str | dict | None,
+    device: str,
+    use_flash_attn: bool,
+    dtype: torch.dtype,
+    extra: dict[str, Any],
+) -> dict[str, Any]:
+    """The keyword arguments every ``from_pretrained`` call here gets."""
+    from transformers import BitsAndBytesConfig
+
+    if load_8bit and load_4bit:
+        raise ValueError("pass at most one of load_8bit / load_4bit (--load-8bit / --load-4bit)")
+    options: dict[str, Any] = {"device_map": device_map if device == "cuda" else {"": device}, "dtype": dtype}
+    if load_8bit:
+        options["quantization_config"] = BitsAndBytesConfig(
+            load_in_8bit=True, llm_int8_skip_modules=list(QUANTIZATION_SKIP_MODULES), llm_int8_threshold=6.0
+        )
+    elif load_4bit:
+        options["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_compute_dtype=dtype,
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_quant_type="nf4",
+            llm_int8_skip_modules=list(QUANTIZATION_SKIP_MODULES),
+        )
+    if use_flash_attn:
+        options["attn_implementation"] = _flash_attention_or_sdpa()
+    options.update(extra)
+    return options
+
+
+def _flash_attention_or_sdpa() -> str:
+    import importlib.util
+
+    if importlib.util.find_spec("flash_attn") is not None and torch.cuda.is_available():
+        return "flash_attention_2"
+    warnings.warn("use_flash_attn: flash_attn is not installed or there is no GPU; using SDPA attention", stacklevel=3)
+    return "sdpa"
+
+
+def _normalise_non_lora_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Map PEFT-wrapped names (``base_model.model.model.mm_projector.0.weight``) to the plain model's names.
+
+    Upstream strips ``base_model.`` and then, when names start with ``model.model.``, one more ``model.``.
+    PEFT's ``.base_layer.`` level (a bias trained with ``lora_bias="all"`` inside a LoRA layer) is removed too.
+    """
+    state = {key.removeprefix(PEFT_PREFIX): value for key, value in state.items()}
+    if any(key.startswith(DOUBLE_MODEL_PREFIX) for key in state):
+        state = {key.removeprefix(MODEL_PREFIX): value for key, value in state.items()}
+    return {key.replace(PEFT_BASE_LAYER, "."): value for key, value in state.items()}
+
+
+def _run_config_file(run_dir: Path) -> Path | None:
+    """``config.json`` of a run directory; for an upstream ``checkpoint-N/`` without one, the run's own.
+
+    Upstream's checkpoints lack config.json (#1010, #1245, #1566); ours always have it. The config does not change
+    during a run, so the parent's is the right one; weights are never borrowed from the parent.
+    """
+    own = run_dir / CONFIG_FILE
+    if own.is_file():
+        return own
+    parent = run_dir.parent / CONFIG_FILE
+    if run_dir.name.startswith(CHECKPOINT_DIR_PREFIX) and parent.is_file():
+        logger.info("%s has no %s; using the run's %s", run_dir, CONFIG_FILE, parent)
+        return parent
+    return None
+
+
+def _missing_base_message(model_path: Path, kind: CheckpointKind) -> str:
+    held = f"a LoRA adapter ({ADAPTER_CONFIG_FILE})" if kind is CheckpointKind.LORA else f"a projector ({PROJECTOR_FILE})"
+    return (
+        f"{model_path} holds {held}, not a complete model: pass the model it was trained over as model_base "
+        "(--model-base), e.g. the --model_name_or_path used for training"
+    )
+
+
+def _missing_weights_message(run_dir: Path, model_base: Path, missing: list[str], expected_file: Path) -> str:
+    return (
+        f"no weights for {_preview(missing)}: they are neither in --model-base {model_base} nor in {expected_file}"
+        f"{'' if expected_file.is_file() else ' (which does not exist)'}. Use a run directory that has "
+        f"{expected_file.name} (every checkpoint-N of our training has it), or pass a --model-base that contains "
+        "these weights"
+    )
+
+
+def _has_tokenizer(directory: Path) -> bool:
+    return (directory / TOKENIZER_CONFIG_FILE).is_file()
+
+
+def _is_llava_config(config: dict[str, Any]) -> bool:
+    return str(config.get("model_type", "")).startswith("llava") or "mm_vision_tower" in config
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path} is not valid JSON: {err}") from err
+
+
+def _preview(items: list[str], limit: int = 5) -> str:
+    shown = ", ".join(items[:limit])
+    return shown if len(items) <= limit else f"{shown} and {len(items) - limit} more"
