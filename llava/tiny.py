@@ -30,7 +30,7 @@ from pathlib import Path
 logger = logging.getLogger(__name__)
 
 # Bump when anything below changes what is written: cached builds with another version are rebuilt.
-BUILD_VERSION = "1"
+BUILD_VERSION = "2"
 
 # Sizes. Llama-2 / CLIP ViT-L/14-336 have the same structure, only much larger.
 VOCAB_SIZE = 1024
@@ -46,6 +46,7 @@ CLIP_HEADS = 2
 CLIP_IMAGE_SIZE = 32
 CLIP_PATCH_SIZE = 8  # 4 x 4 = 16 patches (LLaVA-1.5: 24 x 24 = 576)
 MODEL_MAX_LENGTH = 2048
+LM_HEAD_SCALE = 10.0
 # Grid pinpoints for anyres at the tiny tower's resolution (LLaVA-1.6 uses multiples of 336).
 IMAGE_GRID_PINPOINTS = [[32, 64], [64, 32], [64, 64], [96, 32], [32, 96]]
 
@@ -251,7 +252,7 @@ def build_vision_tower(out_dir: str | Path, seed: int = 0) -> Path:
 def build_llm(out_dir: str | Path, tokenizer_dir: str | Path, seed: int = 0) -> Path:
     """A Vicuna-like Llama (random weights) with the tiny tokenizer beside it."""
     import torch
-    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+    from transformers import GenerationConfig, LlamaForCausalLM
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -260,6 +261,10 @@ def build_llm(out_dir: str | Path, tokenizer_dir: str | Path, seed: int = 0) -> 
     _torch_seed(seed)
     config = _llama_config()
     model = LlamaForCausalLM(config).to(torch.float32)
+    with torch.no_grad():
+        # A random head at the usual init (std 0.02) cannot produce confident predictions after the final RMSNorm
+        # (logits stay within about +-1), so LoRA could not teach it anything; a pretrained head can. Scale it up.
+        model.lm_head.weight.mul_(LM_HEAD_SCALE)
     model.generation_config = GenerationConfig(bos_token_id=1, eos_token_id=2, pad_token_id=0)
     model.save_pretrained(out_dir)
     return out_dir
@@ -365,7 +370,7 @@ def build_llava(out_dir: str | Path, llm_dir: str | Path, vision_tower_dir: str 
 # Dataset
 
 
-def _draw_image(rng: random.Random, color: str, shape: str, size: tuple[int, int], mode: str):
+def draw_image(rng: random.Random, color: str, shape: str, size: tuple[int, int], mode: str):
     """One synthetic image: a coloured shape on a grey background, in the requested PIL mode."""
     from PIL import Image, ImageDraw
 
@@ -456,7 +461,7 @@ def build_dataset(out_dir: str | Path, num_samples: int = 48, seed: int = 0) -> 
         relative = f"{'coco/train2017' if index % 2 else 'synthetic'}/{sample_id}.{extension}"
         path = image_folder / relative
         path.parent.mkdir(parents=True, exist_ok=True)
-        _draw_image(rng, color, shape, size, mode).save(path)
+        draw_image(rng, color, shape, size, mode).save(path)
         samples.append({"id": sample_id, "image": relative, "conversations": _image_conversation(rng, color, shape, rounds)})
     json_path = out_dir / "llava_tiny.json"
     _write_json(json_path, samples)

@@ -9,16 +9,14 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from launch import DIST_SCRIPTS, REPO_ROOT, TESTS_DIR, free_port, launch_deepspeed
+from launch import DIST_SCRIPTS, REPO_ROOT, TESTS_DIR, free_port, launch_deepspeed, launch_env
 from train_helpers import (
     LEARNING_RATE,
     LORA_FILES,
@@ -214,18 +212,9 @@ def test_qlora_4bit_under_zero3(tiny, zero3_config, tmp_path):
 
 
 def _run_script(name: str, env: dict) -> subprocess.CompletedProcess:
-    child_env = dict(os.environ)
+    child_env = launch_env([TESTS_DIR])
     child_env.update(env)
-    child_env.update(
-        {
-            "DS_ACCELERATOR": "cpu",
-            "OMP_NUM_THREADS": "1",
-            "TOKENIZERS_PARALLELISM": "false",
-            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), str(TESTS_DIR), os.environ.get("PYTHONPATH")])),
-            "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
-            "LAUNCHER_ARGS": f"--master_port {free_port()}",
-        }
-    )
+    child_env["LAUNCHER_ARGS"] = f"--master_port {free_port()}"
     result = subprocess.run(
         ["bash", str(REPO_ROOT / "scripts" / name)],
         cwd=REPO_ROOT,

@@ -38,6 +38,7 @@ from llava.constants import (
     QUANTIZATION_SKIP_MODULES,
 )
 from llava.model.state_files import load_state_file
+from llava.utils import quiet_transformers
 
 logger = logging.getLogger(__name__)
 
@@ -274,9 +275,11 @@ def _load_base(
     config.vocab_size = base_config.vocab_size
     _check_base_matches(config, base_config, model_base)
     try:
-        model, info = AutoModelForCausalLM.from_pretrained(
-            model_base, config=config, output_loading_info=True, **options
-        )
+        # The run's weights (projector, added tokens) are missing from the base by design; they are checked below.
+        with quiet_transformers():
+            model, info = AutoModelForCausalLM.from_pretrained(
+                model_base, config=config, output_loading_info=True, **options
+            )
     except RuntimeError as err:
         if "size mismatch" not in str(err) and "shape" not in str(err):
             raise

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-from typing import Any
 
 import torch
 

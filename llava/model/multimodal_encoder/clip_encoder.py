@@ -7,7 +7,8 @@ import logging
 import torch
 import torch.nn as nn
 from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel
-from transformers.utils import logging as hf_logging
+
+from llava.utils import quiet_transformers
 
 logger = logging.getLogger(__name__)
 
@@ -37,12 +38,8 @@ class CLIPVisionTower(nn.Module):
         self.image_processor = CLIPImageProcessor.from_pretrained(self.vision_tower_name)
         # A CLIP checkpoint (like openai/clip-vit-large-patch14-336) also holds the text tower, which
         # CLIPVisionModel does not use; keep transformers from reporting each of those weights as unexpected.
-        verbosity = hf_logging.get_verbosity()
-        hf_logging.set_verbosity_error()
-        try:
+        with quiet_transformers():
             self.vision_tower = CLIPVisionModel.from_pretrained(self.vision_tower_name, device_map=device_map)
-        finally:
-            hf_logging.set_verbosity(verbosity)
         self.vision_tower.requires_grad_(False)
         self.is_loaded = True
 

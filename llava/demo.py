@@ -1,0 +1,197 @@
+"""The first thing to run: a LLaVA-1.5 LoRA fine-tune on a tiny offline model, on CPU, end to end.
+
+    python -m llava.demo            (what `make demo` runs)
+
+1. builds the tiny Vicuna-like model, CLIP tower, pretrained projector and dataset (`llava.tiny`);
+2. fine-tunes with LoRA through upstream's own command line - `deepspeed --num_gpus 2 llava/train/train_mem.py
+   --deepspeed configs/zero3.json --lora_enable True ...` - two DeepSpeed ZeRO-3 processes (over gloo on CPU);
+3. loads the result with `load_pretrained_model` (LoRA merged over the base) and asks it about a demo image;
+4. lists the files written with their sizes and saves the loss curve as a PNG.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import time
+from pathlib import Path
+
+from llava.launch import REPO_ROOT, launch_deepspeed
+
+logger = logging.getLogger("llava.demo")
+
+QUESTION = "What color is the shape in the image?"
+DEMO_COLOR, DEMO_SHAPE = "red", "square"
+DEMO_SAMPLES = 240
+ZERO3_CONFIG = REPO_ROOT / "configs" / "zero3.json"
+TRAIN_SCRIPT = REPO_ROOT / "llava" / "train" / "train_mem.py"
+
+
+def training_flags(tiny, output_dir: Path, epochs: int) -> list[str]:
+    """LLaVA-1.5's LoRA recipe (scripts/v1_5/finetune_lora.sh) with the paths and sizes of the tiny model."""
+    values = {
+        "deepspeed": ZERO3_CONFIG,
+        "lora_enable": True, "lora_r": 16, "lora_alpha": 32, "mm_projector_lr": 1e-2,
+        "model_name_or_path": tiny.llm,
+        "version": "v1",
+        "data_path": tiny.data,
+        "image_folder": tiny.image_folder,
+        "vision_tower": tiny.vision_tower,
+        "pretrain_mm_mlp_adapter": tiny.projector,
+        "mm_projector_type": "mlp2x_gelu",
+        "mm_vision_select_layer": -2,
+        "mm_use_im_start_end": False,
+        "mm_use_im_patch_token": False,
+        "image_aspect_ratio": "pad",
+        "group_by_modality_length": True,
+        "output_dir": output_dir,
+        "num_train_epochs": epochs,
+        "per_device_train_batch_size": 4,
+        "gradient_accumulation_steps": 1,
+        "save_strategy": "steps", "save_steps": 20, "save_total_limit": 2,
+        "learning_rate": 1e-2, "weight_decay": 0.0, "warmup_ratio": 0.03, "lr_scheduler_type": "cosine",
+        "logging_steps": 1,
+        "model_max_length": 512,
+        "dataloader_num_workers": 0,
+        "report_to": "none",
+        "seed": 0,
+    }  # fmt: skip
+    flags = []
+    for name, value in values.items():
+        flags += [f"--{name}", str(value)]
+    return flags
+
+
+class Assistant:
+    """A trained run loaded with ``load_pretrained_model`` (LoRA merged over its base), answering greedily."""
+
+    def __init__(self, run_dir: Path, model_base: Path):
+        from llava.model.builder import load_pretrained_model
+
+        self.tokenizer, self.model, self.image_processor, _ = load_pretrained_model(
+            run_dir, model_base, run_dir.name, device="cpu"
+        )
+
+    def ask(self, image, question: str = QUESTION) -> str:
+        import torch
+
+        from llava.conversation import get_conv_template
+        from llava.mm_utils import process_images, tokenizer_image_token
+
+        conv = get_conv_template("llava_v1")
+        conv.append_message(conv.roles[0], "<image>\n" + question)
+        conv.append_message(conv.roles[1], None)
+        input_ids = tokenizer_image_token(conv.get_prompt(), self.tokenizer, return_tensors="pt")[None]
+        pixels = process_images([image], self.image_processor, self.model.config)
+        with torch.inference_mode():
+            output = self.model.generate(input_ids, images=pixels, do_sample=False, max_new_tokens=16, pad_token_id=0)
+        return self.tokenizer.decode(output[0], skip_special_tokens=True).strip()
+
+
+def demo_image(color: str = DEMO_COLOR, shape: str = DEMO_SHAPE, seed: int = 1234):
+    """A shape on gray, like the training images but never seen in training."""
+    import random
+
+    from llava.tiny import draw_image
+
+    return draw_image(random.Random(seed), color, shape, (40, 40), "RGB")
+
+
+def color_accuracy(assistant: Assistant) -> tuple[int, int]:
+    """How many of the palette's colors the model names for unseen squares."""
+    from llava.tiny import COLORS
+
+    right = sum(color in assistant.ask(demo_image(color, "square", seed=99)).lower() for color in COLORS)
+    return right, len(COLORS)
+
+
+def file_table(directory: Path) -> list[tuple[str, int]]:
+    """Every file under ``directory`` (relative path, bytes), checkpoints included."""
+    return [(str(p.relative_to(directory)), p.stat().st_size) for p in sorted(directory.rglob("*")) if p.is_file()]
+
+
+def save_loss_curve(log_history: list[dict], path: Path, width: int = 640, height: int = 360) -> Path:
+    """Draw the training loss per step as a PNG (PIL only: no plotting dependency)."""
+    from PIL import Image, ImageDraw
+
+    points = [(entry["step"], entry["loss"]) for entry in log_history if "loss" in entry]
+    if not points:
+        raise ValueError("the run logged no loss")
+    image = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(image)
+    left, top, right, bottom = 60, 30, width - 20, height - 40
+    draw.rectangle((left, top, right, bottom), outline="black")
+    steps = [step for step, _ in points]
+    losses = [loss for _, loss in points]
+    low, high = min(losses), max(losses)
+    span_x = max(max(steps) - min(steps), 1)
+    span_y = max(high - low, 1e-6)
+
+    def xy(step, loss):
+        return (
+            left + (step - min(steps)) / span_x * (right - left),
+            bottom - (loss - low) / span_y * (bottom - top),
+        )
+
+    draw.line([xy(step, loss) for step, loss in points], fill=(200, 30, 30), width=2)
+    draw.text((left, 8), "training loss per step", fill="black")
+    draw.text((4, top), f"{high:.2f}", fill="black")
+    draw.text((4, bottom - 10), f"{low:.2f}", fill="black")
+    draw.text((left, bottom + 8), f"step {min(steps)}", fill="black")
+    draw.text((right - 60, bottom + 8), f"step {max(steps)}", fill="black")
+    image.save(path)
+    return path
+
+
+def run(output_root: Path, epochs: int = 10, num_procs: int = 2) -> dict:
+    """The whole demo; returns what it found (used by the test of the README's first command)."""
+    from llava.tiny import build_all, build_dataset
+
+    started = time.monotonic()
+    output_root.mkdir(parents=True, exist_ok=True)
+    print(f"[1/4] Building the tiny offline model and data in {output_root / 'tiny'}", flush=True)
+    tiny = build_all(output_root / "tiny")
+    # More samples than the tests' 48, so that the answer has to come from the image, not from memory.
+    data_path, image_folder = build_dataset(output_root / "data", num_samples=DEMO_SAMPLES)
+    tiny = dataclasses.replace(tiny, data=data_path, image_folder=image_folder)
+    run_dir = output_root / "llava-tiny-lora"
+
+    print(f"[2/4] LoRA fine-tune: deepspeed --num_gpus {num_procs} llava/train/train_mem.py (ZeRO-3)", flush=True)
+    launch_deepspeed(TRAIN_SCRIPT, training_flags(tiny, run_dir, epochs), num_procs=num_procs, capture=False)
+    history = json.loads((run_dir / "trainer_state.json").read_text())["log_history"]
+
+    print("[3/4] Loading the LoRA run with load_pretrained_model and asking about a demo image", flush=True)
+    image = demo_image()
+    image.save(output_root / "demo_image.png")
+    assistant = Assistant(run_dir, tiny.llm)
+    answer = assistant.ask(image)
+    print(f"      USER: {QUESTION}   (image: a {DEMO_COLOR} {DEMO_SHAPE}, {output_root / 'demo_image.png'})")
+    print(f"      ASSISTANT: {answer}")
+    right, total = color_accuracy(assistant)
+    print(f"      Colors named right for {right} of {total} unseen squares (chance: about 1 in {total}).")
+
+    print(f"[4/4] Files written to {run_dir}:", flush=True)
+    files = file_table(run_dir)
+    for name, size in files:
+        print(f"      {size:>12,d}  {name}")
+    curve = save_loss_curve(history, output_root / "loss_curve.png")
+    losses = [entry["loss"] for entry in history if "loss" in entry]
+    print(f"      loss {losses[0]:.3f} -> {losses[-1]:.3f} over {len(losses)} steps; curve: {curve}")
+    print(f"Done in {time.monotonic() - started:.0f} s.", flush=True)
+    return {"run_dir": run_dir, "answer": answer, "colors_right": right, "files": dict(files), "losses": losses, "curve": curve}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--output-dir", type=Path, default=Path("demo_output"))
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--num-procs", type=int, default=2, help="DeepSpeed processes (CPU workers without a GPU)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    run(args.output_dir.resolve(), epochs=args.epochs, num_procs=args.num_procs)
+
+
+if __name__ == "__main__":
+    main()
