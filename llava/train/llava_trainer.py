@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 from typing import Any, Optional, Sequence
 
 import torch
@@ -24,12 +25,15 @@ from torch import nn
 from torch.utils.data import Sampler
 from transformers import Trainer
 from transformers.trainer_pt_utils import get_parameter_names  # noqa: F401  (re-exported for upstream users)
-from transformers.trainer_utils import has_length
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, has_length, rotate_checkpoints
 
 from llava.constants import IGNORE_INDEX
 from llava.train import saving
 
 logger = logging.getLogger(__name__)
+
+# Checkpoints are written under output_dir/.staging/ and renamed into place when complete (crash safety).
+STAGING_DIR = ".staging"
 
 PROJECTOR_KEY = "mm_projector"
 
@@ -277,6 +281,45 @@ class LLaVATrainer(Trainer):
                 self.processing_class.save_pretrained(output_dir)
             torch.save(self.args, os.path.join(output_dir, saving.TRAINING_ARGS_NAME))
 
+    def _save_checkpoint(self, model, trial) -> None:
+        """Write `checkpoint-N/` aside and rename it into place only once complete.
+
+        A run killed while saving (SIGKILL, node failure) then leaves the previous checkpoints intact and at most an
+        unfinished `.staging/` folder, which the next save replaces; resuming picks the last complete checkpoint.
+        Every rank writes into the staging folder (DeepSpeed's shards too); the main process renames it.
+        """
+        run_dir = self._get_output_dir(trial)
+        staging_root = os.path.join(run_dir, STAGING_DIR)
+        name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        staged, final = os.path.join(staging_root, name), os.path.join(run_dir, name)
+        if self.args.should_save and os.path.exists(staged):
+            shutil.rmtree(staged)  # left by a run that died while saving
+        self.accelerator.wait_for_everyone()
+        self._staging_root = staging_root
+        try:
+            super()._save_checkpoint(model, trial)  # writes into staging_root/checkpoint-N
+        finally:
+            self._staging_root = None
+        self.accelerator.wait_for_everyone()
+        if self.args.should_save:
+            if os.path.exists(final):
+                shutil.rmtree(final)
+            os.replace(staged, final)
+            if not os.listdir(staging_root):
+                os.rmdir(staging_root)
+            _fsync_directory(run_dir)
+            rotate_checkpoints(
+                output_dir=run_dir,
+                save_total_limit=self.args.save_total_limit,
+                best_model_checkpoint=self.state.best_model_checkpoint,
+                use_mtime=True,
+            )
+        self.accelerator.wait_for_everyone()
+
+    def _get_output_dir(self, trial) -> str:
+        staging_root = getattr(self, "_staging_root", None)
+        return staging_root if staging_root is not None else super()._get_output_dir(trial)
+
     def _projector_keys(self) -> list[str]:
         keys = [PROJECTOR_KEY, "vision_resampler"]
         if getattr(self.args, "use_im_start_end", False):
@@ -292,6 +335,20 @@ class LLaVATrainer(Trainer):
             saving.load_lora_outputs(model, resume_from_checkpoint)
         else:
             saving.load_projector_outputs(model, resume_from_checkpoint)
+
+
+def _fsync_directory(path: str) -> None:
+    """Make a rename in `path` durable (POSIX: the directory entry lives in the directory's own data)."""
+    try:
+        descriptor = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(descriptor)
+    except OSError:
+        pass
+    finally:
+        os.close(descriptor)
 
 
 class _LabelCounts:

@@ -22,6 +22,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from llava.model.state_files import load_state_file
 from llava.train.zero3 import (
     get_mm_adapter_state_maybe_zero_3,
     get_peft_state_maybe_zero_3,
@@ -135,8 +136,7 @@ def _load_tensors(path: str) -> dict[str, torch.Tensor]:
             f"{path} is missing, so the checkpoint cannot be resumed; delete the incomplete checkpoint folder "
             "to resume from the one before it."
         )
-    # weights_only: a .bin must not be able to run code when loaded (SPEC 4.9).
-    return torch.load(path, map_location="cpu", weights_only=True)
+    return load_state_file(path)  # weights_only: a .bin must not be able to run code when loaded (SPEC 4.9)
 
 
 def _load_into(model: nn.Module, state: dict[str, torch.Tensor], path: str) -> None:
