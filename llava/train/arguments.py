@@ -237,8 +237,6 @@ def validate_args(model_args: ModelArguments, data_args: DataArguments, training
     if problems:
         listing = "\n".join(f"  - {problem}" for problem in problems)
         raise ArgumentsError(f"{len(problems)} problem(s) with the training arguments:\n{listing}")
-    if training_args.mm_projector_lr is not None and model_args.vision_tower is None:
-        warnings.warn("--mm_projector_lr has no effect without --vision_tower (there is no projector).", stacklevel=2)
 
 
 def _not_one_of(flag: str, value, choices: tuple) -> Optional[str]:
@@ -325,7 +323,35 @@ def _check_combinations(
         problems.append("--image_aspect_ratio anyres needs --image_grid_pinpoints (candidate resolutions).")
     if model_args.vision_tower is None and model_args.pretrain_mm_mlp_adapter is not None:
         problems.append("--pretrain_mm_mlp_adapter needs --vision_tower (the projector maps its features).")
+    if training_args.mm_projector_lr is not None and model_args.vision_tower is None:
+        problems.append("--mm_projector_lr sets the projector's learning rate, but there is no projector without "
+                        "--vision_tower; drop it or add --vision_tower.")
+    if quantized and model_args.tune_mm_mlp_adapter:
+        problems.append(f"--bits {training_args.bits} with --tune_mm_mlp_adapter: projector pretraining trains only "
+                        "the full-precision projector, quantizing the frozen model gains nothing; drop --bits.")
+    problems += _missing_packages(training_args)
     return problems
+
+
+def _missing_packages(training_args: TrainingArguments) -> list[str]:
+    """Optional packages the flags need, checked before anything is loaded."""
+    needs = []
+    if training_args.lora_enable:
+        needs.append(("peft", "--lora_enable"))
+    if training_args.bits in (4, 8):
+        needs.append(("bitsandbytes", f"--bits {training_args.bits}"))
+    if training_args.deepspeed:
+        needs.append(("deepspeed", "--deepspeed"))
+    return [
+        f"{flag} needs the {package!r} package, which is not installed: pip install -e '.[train]' (or {package})."
+        for package, flag in needs
+        if importlib.util.find_spec(package) is None
+    ]
+
+
+def template_name(version: str) -> str:
+    """The conversation template `--version` trains with: `v0` and `v0.5` use vicuna_v1 as upstream (SPEC 4.4)."""
+    return DEFAULT_TEMPLATE if version in VERSIONS_WITH_DEFAULT_TEMPLATE else version
 
 
 def parse_grid_pinpoints(text: str) -> Optional[list[list[int]]]:

@@ -21,17 +21,16 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
 from llava import conversation as conversation_lib
-from llava.constants import DEFAULT_IMAGE_TOKEN, IGNORE_INDEX
+from llava.constants import IGNORE_INDEX
 from llava.conversation import Conversation
 from llava.mm_utils import process_images
-from llava.train.preprocess import preprocess, preprocess_multimodal, validate_conversation
+from llava.data.validation import MAX_LISTED_PROBLEMS, Report, check_records
+from llava.train.preprocess import GPT, preprocess, preprocess_multimodal
 
 logger = logging.getLogger(__name__)
 
 # Upstream's length heuristics for LengthGroupedSampler: words per conversation, plus this many for an image.
 IMAGE_LENGTH_BONUS = 128
-# How many invalid records an error message lists before summarising the rest.
-MAX_REPORTED_PROBLEMS = 10
 
 
 def load_records(data_path: str | os.PathLike) -> list[dict]:
@@ -67,7 +66,8 @@ class LazySupervisedDataset(Dataset):
 
     Everything beyond upstream's three arguments is explicit and keyword-only: the image processor (the vision
     tower's), the conversation template (default: ``default_conversation``), whether the image is wrapped in
-    ``<im_start>``/``<im_end>``, and the anyres grid (default: ``data_args.image_grid_pinpoints``).
+    ``<im_start>``/``<im_end>``, the anyres grid (default: ``data_args.image_grid_pinpoints``) and the records
+    when already read from ``data_path``.
     """
 
     def __init__(
@@ -80,6 +80,7 @@ class LazySupervisedDataset(Dataset):
         conv: Conversation | None = None,
         mm_use_im_start_end: bool = False,
         image_grid_pinpoints: str | list | None = None,
+        records: list[dict] | None = None,
     ) -> None:
         super().__init__()
         self.data_path = str(data_path)
@@ -94,7 +95,8 @@ class LazySupervisedDataset(Dataset):
         self._image_config = SimpleNamespace(
             image_aspect_ratio=self.image_aspect_ratio, image_grid_pinpoints=self.image_grid_pinpoints
         )
-        self.list_data_dict = load_records(data_path)
+        # `records`: the file's records when the caller has read them already (training checks them before the model).
+        self.list_data_dict = load_records(data_path) if records is None else records
         self._check_settings()
         self._lengths, self._modality_lengths = self._scan()
         logger.info("%d samples from %s (template %r)", len(self), self.data_path, self.conv.version)
@@ -108,52 +110,30 @@ class LazySupervisedDataset(Dataset):
             raise ValueError("--image_aspect_ratio anyres needs --image_grid_pinpoints, e.g. '[[336,672],[672,336]]'")
 
     def _scan(self) -> tuple[list[int], list[int]]:
-        """Validate every record and compute upstream's word-count lengths in one pass."""
-        problems, without_reply = [], []
-        lengths, modality_lengths = [], []
+        """Validate every record (the checks `python -m llava.data.check` makes) and compute upstream's lengths."""
+        report = Report(
+            self.data_path,
+            check_records(self.list_data_dict, conv=self.conv, is_multimodal=self.data_args.is_multimodal),
+        )
+        for problem in report.warnings:
+            logger.warning("%s: %s", self.data_path, problem.format())
+        report.raise_if_problems()
+        without_reply, lengths, modality_lengths = [], [], []
         for index, record in enumerate(self.list_data_dict):
-            words = 0
-            try:
-                turns = record.get("conversations")
-                validate_conversation(turns, self.conv)
-                self._check_image_fields(record, turns)
-                words = sum(len(turn["value"].split()) for turn in turns)
-                # A first gpt turn is dropped, so only later replies train anything.
-                if not any(turn["from"] == "gpt" and turn["value"] for turn in turns[1:]):
-                    without_reply.append(self._sample_id(index))
-            except ValueError as err:
-                problems.append(f"sample {self._sample_id(index)!r} (record {index}): {err}")
+            turns = record["conversations"]
+            words = sum(len(turn["value"].split()) for turn in turns)
+            # A first gpt turn is dropped, so only later replies train anything.
+            if not any(turn["from"] == GPT and turn["value"] for turn in turns[1:]):
+                without_reply.append(self._sample_id(index))
             has_image = "image" in record
             lengths.append(words + (IMAGE_LENGTH_BONUS if has_image else 0))
             modality_lengths.append(words if has_image else -words)
         if without_reply:
             logger.warning(
                 "%d sample(s) in %s have no assistant reply after the first human turn and train nothing: %s",
-                len(without_reply), self.data_path, ", ".join(map(repr, without_reply[:MAX_REPORTED_PROBLEMS])),
-            )
-        if problems:
-            listed = "\n  ".join(problems[:MAX_REPORTED_PROBLEMS])
-            more = len(problems) - MAX_REPORTED_PROBLEMS
-            raise ValueError(
-                f"{self.data_path}: {len(problems)} invalid sample(s); fix or remove them:\n  {listed}"
-                + (f"\n  ... and {more} more" if more > 0 else "")
+                len(without_reply), self.data_path, ", ".join(map(repr, without_reply[:MAX_LISTED_PROBLEMS])),
             )
         return lengths, modality_lengths
-
-    def _check_image_fields(self, record: dict, turns: Sequence[dict]) -> None:
-        if "image" not in record:
-            return  # as upstream, a "<image>" in a text-only sample is plain text
-        if not isinstance(record["image"], str):
-            raise ValueError(f"'image' must be one file path (a string); got {type(record['image']).__name__}")
-        if not self.data_args.is_multimodal:
-            raise ValueError("the sample has an image but the run is text-only; set --vision_tower or drop the image")
-        # The model splices one image per placeholder: another count crashes deep inside it upstream (#677, #732).
-        placeholders = sum(DEFAULT_IMAGE_TOKEN in turn["value"] for turn in turns)
-        if placeholders != 1:
-            raise ValueError(
-                f"{placeholders} turns contain '{DEFAULT_IMAGE_TOKEN}'; a sample with an image needs exactly one "
-                "(usually at the start of the first human turn)"
-            )
 
     def _sample_id(self, index: int) -> Any:
         return self.list_data_dict[index].get("id", f"#{index}")

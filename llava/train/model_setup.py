@@ -18,12 +18,11 @@ from torch import nn
 from llava.constants import QUANTIZATION_SKIP_MODULES
 from llava.conversation import Conversation, get_conv_template
 from llava.train.arguments import (
-    DEFAULT_TEMPLATE,
-    VERSIONS_WITH_DEFAULT_TEMPLATE,
     DataArguments,
     ModelArguments,
     TrainingArguments,
     parse_grid_pinpoints,
+    template_name,
 )
 from llava.train.distributed import is_zero3_enabled
 from llava.train.zero3 import disable_4bit_cpu_repacking, gathered_for_modification
@@ -113,7 +112,7 @@ def setup_template(model_args: ModelArguments, tokenizer, model: nn.Module) -> C
             smart_tokenizer_and_embedding_resize({"pad_token": PAD_TOKEN}, tokenizer, model)
     else:
         tokenizer.pad_token = tokenizer.unk_token
-    name = DEFAULT_TEMPLATE if version in VERSIONS_WITH_DEFAULT_TEMPLATE else version
+    name = template_name(version)
     template = get_conv_template(name)
     logger.info("Conversation template: %s (--version %s)", name, version)
     return template

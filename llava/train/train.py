@@ -13,8 +13,15 @@ from typing import Optional, Sequence
 
 import transformers
 
-from llava.train.arguments import DataArguments, ModelArguments, TrainingArguments, parse_args
-from llava.train.data import DataCollatorForSupervisedDataset, LazySupervisedDataset, make_supervised_data_module
+from llava.conversation import get_conv_template
+from llava.data.validation import validate_for_training
+from llava.train.arguments import DataArguments, ModelArguments, TrainingArguments, parse_args, template_name
+from llava.train.data import (
+    DataCollatorForSupervisedDataset,
+    LazySupervisedDataset,
+    load_records,
+    make_supervised_data_module,
+)
 from llava.train.distributed import is_main_process
 from llava.train.llava_trainer import LLaVATrainer
 from llava.train.lora import add_lora, cast_kbit_modules, enable_input_grads, find_all_linear_names
@@ -78,12 +85,13 @@ def train(attn_implementation: Optional[str] = None, argv: Optional[Sequence[str
     _configure_logging()
     # Before the model and LoRA exist, so that the same seed gives the same run (upstream seeded later, SPEC 4.8).
     _seed(training_args)
+    records = _check_data(model_args, data_args)
 
     model = load_model(model_args, training_args, attn_implementation)
     model = _prepare_for_training(model, training_args)
     tokenizer = load_tokenizer(model_args, training_args)
     template = setup_template(model_args, tokenizer, model)
-    dataset_kwargs = {"conv": template}
+    dataset_kwargs = {"conv": template, "records": records}
     if model_args.vision_tower is not None:
         vision = setup_vision_modules(model, tokenizer, model_args, data_args, training_args)
         dataset_kwargs.update(
@@ -116,6 +124,23 @@ def _seed(training_args: TrainingArguments) -> None:
         transformers.enable_full_determinism(training_args.seed)
     else:
         transformers.set_seed(training_args.seed)
+
+
+def _check_data(model_args: ModelArguments, data_args: DataArguments) -> list[dict]:
+    """Read the data and check every sample cheaply (structure, roles, image placeholders, image files exist)
+    before anything heavy loads; a problem stops the run with the data checker's message (upstream #677, #732)."""
+    records = load_records(data_args.data_path)
+    report = validate_for_training(
+        records,
+        data_path=data_args.data_path,
+        image_folder=data_args.image_folder,
+        conv=get_conv_template(template_name(model_args.version)),
+        is_multimodal=model_args.vision_tower is not None,
+    )
+    for problem in report.warnings:
+        logger.warning("%s: %s", data_args.data_path, problem.format())
+    report.raise_if_problems()
+    return records
 
 
 def _prepare_for_training(model, training_args: TrainingArguments):

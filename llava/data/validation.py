@@ -1,0 +1,232 @@
+"""Checks on LLaVA training data, shared by the data checker (`python -m llava.data.check`), the training run
+(before the model loads) and the dataset: one implementation of every rule, one wording of every message.
+
+Upstream finds bad samples late, deep inside the model (an IndexError in the splice, upstream #677, #732) or not at
+all (a sample whose labels end up fully masked). Here each problem names the sample id, its record number, the data
+file and what to do.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from llava.constants import DEFAULT_IMAGE_TOKEN
+from llava.conversation import Conversation
+from llava.train.preprocess import GPT, HUMAN, validate_conversation
+
+# How many problems an exception message lists before summarising the rest.
+MAX_LISTED_PROBLEMS = 10
+# Threads for image-file checks: they wait on the file system, not the CPU.
+IO_WORKERS = 16
+
+STRUCTURE = "structure"
+ROLES = "roles"
+IMAGE_FIELD = "image_field"
+IMAGE_TOKENS = "image_tokens"
+MISSING_IMAGE = "missing_image"
+UNREADABLE_IMAGE = "unreadable_image"
+FULLY_MASKED = "fully_masked"
+TRUNCATED = "truncated"
+DUPLICATE_ID = "duplicate_id"
+KIND_FIXES = {
+    STRUCTURE: "each record needs 'conversations': a list of {'from': 'human'|'gpt', 'value': text}",
+    ROLES: "turns must alternate human, gpt, human, ... (a first gpt turn is dropped)",
+    IMAGE_FIELD: "'image' must be one path relative to --image_folder, and the run needs --vision_tower",
+    IMAGE_TOKENS: f"a sample with an image needs exactly one turn with '{DEFAULT_IMAGE_TOKEN}', one without none",
+    MISSING_IMAGE: "check --image_folder and the samples' 'image' fields",
+    UNREADABLE_IMAGE: "replace the file or drop the sample",
+    FULLY_MASKED: "the sample has no assistant reply to learn from; fill in the replies or drop it",
+    TRUNCATED: "every reply lies beyond --model_max_length; raise it or shorten the sample",
+    DUPLICATE_ID: "give every sample its own id (only a warning)",
+}
+WARNING_KINDS = frozenset({DUPLICATE_ID})
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with one sample."""
+
+    index: int
+    sample_id: str
+    kind: str
+    message: str
+
+    @property
+    def is_error(self) -> bool:
+        return self.kind not in WARNING_KINDS
+
+    def format(self) -> str:
+        return f"sample {self.sample_id!r} (record {self.index}): {self.message}"
+
+
+@dataclass
+class Report:
+    """What a check found in one data file."""
+
+    data_path: str
+    problems: list[Problem] = field(default_factory=list)
+
+    @property
+    def errors(self) -> list[Problem]:
+        return [problem for problem in self.problems if problem.is_error]
+
+    @property
+    def warnings(self) -> list[Problem]:
+        return [problem for problem in self.problems if not problem.is_error]
+
+    def counts(self) -> dict[str, int]:
+        return dict(Counter(problem.kind for problem in self.problems))
+
+    def error_message(self, limit: int = MAX_LISTED_PROBLEMS) -> str:
+        errors = sorted(self.errors, key=lambda problem: problem.index)
+        samples = len({problem.index for problem in errors})
+        listed = "\n  ".join(problem.format() for problem in errors[:limit])
+        more = len(errors) - limit
+        fixes = "\n  ".join(f"{kind}: {KIND_FIXES[kind]}" for kind in sorted({p.kind for p in errors}))
+        return (
+            f"{self.data_path}: {samples} invalid sample(s); fix or remove them:\n  {listed}"
+            + (f"\n  ... and {more} more" if more > 0 else "")
+            + f"\nWhat to do:\n  {fixes}"
+            + f"\nFor the full list: python -m llava.data.check --data_path {self.data_path} ..."
+        )
+
+    def raise_if_problems(self) -> None:
+        if self.errors:
+            raise DataValidationError(self.error_message())
+
+
+class DataValidationError(ValueError):
+    """The training data has samples that cannot be trained on as they are."""
+
+
+def sample_id(record, index: int) -> str:
+    if isinstance(record, dict) and "id" in record:
+        return str(record["id"])
+    return f"#{index}"
+
+
+def check_record(record, index: int, *, conv: Conversation, is_multimodal: bool) -> list[Problem]:
+    """Structure, roles and image placeholders of one record (cheap: no files, no tokenizer)."""
+    ident = sample_id(record, index)
+
+    def problem(kind: str, message: str) -> list[Problem]:
+        return [Problem(index, ident, kind, message)]
+
+    if not isinstance(record, dict):
+        return problem(STRUCTURE, f"the record is a {type(record).__name__}, not an object")
+    turns = record.get("conversations")
+    if not isinstance(turns, list) or not turns:
+        return problem(STRUCTURE, "'conversations' must be a non-empty list of {'from': ..., 'value': ...} turns")
+    for number, turn in enumerate(turns):
+        if not isinstance(turn, dict):
+            return problem(STRUCTURE, f"turn {number} is a {type(turn).__name__}, not an object")
+        if not isinstance(turn.get("value"), str):
+            return problem(STRUCTURE, f"turn {number} has no string 'value'")
+        if turn.get("from") not in (HUMAN, GPT):
+            return problem(ROLES, f"turn {number} has 'from': {turn.get('from')!r}; expected 'human' or 'gpt'")
+    try:
+        validate_conversation(turns, conv)
+    except ValueError as error:
+        return problem(ROLES, str(error))
+
+    placeholders = sum(DEFAULT_IMAGE_TOKEN in turn["value"] for turn in turns)
+    if "image" not in record:
+        if placeholders and is_multimodal:
+            return problem(
+                IMAGE_TOKENS, f"{placeholders} turn(s) contain '{DEFAULT_IMAGE_TOKEN}' but the sample has no 'image'"
+            )
+        return []
+    if not isinstance(record["image"], str):
+        return problem(IMAGE_FIELD, f"'image' must be one file path (a string); got {type(record['image']).__name__}")
+    if not is_multimodal:
+        return problem(IMAGE_FIELD, "the sample has an image but the run is text-only; set --vision_tower or drop it")
+    # The model splices one image per placeholder: another count crashes deep inside it upstream (#677, #732).
+    if placeholders != 1:
+        return problem(
+            IMAGE_TOKENS,
+            f"{placeholders} turns contain '{DEFAULT_IMAGE_TOKEN}'; a sample with an image needs exactly one "
+            "(usually at the start of the first human turn)",
+        )
+    return []
+
+
+def check_records(records: Sequence, *, conv: Conversation, is_multimodal: bool) -> list[Problem]:
+    """`check_record` for every record, plus duplicate ids (a warning)."""
+    problems = []
+    for index, record in enumerate(records):
+        problems.extend(check_record(record, index, conv=conv, is_multimodal=is_multimodal))
+    seen: dict[str, int] = {}
+    for index, record in enumerate(records):
+        if isinstance(record, dict) and "id" in record:
+            ident = str(record["id"])
+            if ident in seen:
+                problems.append(
+                    Problem(index, ident, DUPLICATE_ID, f"the id is used by record {seen[ident]} too")
+                )
+            else:
+                seen[ident] = index
+    return problems
+
+
+def image_path(record: dict, image_folder: str | os.PathLike | None) -> str:
+    return os.path.join(image_folder or "", record["image"])
+
+
+def check_image_files(
+    records: Sequence,
+    image_folder: str | os.PathLike | None,
+    *,
+    decode: bool = False,
+    workers: int = IO_WORKERS,
+    progress: Iterable | None = None,
+) -> list[Problem]:
+    """Every referenced image exists (and, with ``decode``, opens and verifies as an image). Threads: I/O bound.
+
+    ``progress`` may wrap the work items (e.g. ``tqdm``); it receives an iterator and must yield its items.
+    """
+    items = [
+        (index, record)
+        for index, record in enumerate(records)
+        if isinstance(record, dict) and isinstance(record.get("image"), str)
+    ]
+
+    def check(item) -> Problem | None:
+        index, record = item
+        path = image_path(record, image_folder)
+        if not os.path.isfile(path):
+            return Problem(index, sample_id(record, index), MISSING_IMAGE, f"image {path!r} not found")
+        if decode:
+            from PIL import Image
+
+            try:
+                with Image.open(path) as image:
+                    image.verify()
+            except Exception as error:  # PIL raises many types for broken files
+                return Problem(index, sample_id(record, index), UNREADABLE_IMAGE, f"image {path!r} cannot be read ({error})")
+        return None
+
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        results = pool.map(check, items, chunksize=64)
+        if progress is not None:
+            results = progress(results)
+        return [problem for problem in results if problem is not None]
+
+
+def validate_for_training(
+    records: Sequence,
+    *,
+    data_path: str | os.PathLike,
+    image_folder: str | os.PathLike | None,
+    conv: Conversation,
+    is_multimodal: bool,
+) -> Report:
+    """The checks a training run makes before loading the model: structure, roles, image placeholders and that
+    every image file exists. Cheap: no decoding, no tokenizer."""
+    problems = check_records(records, conv=conv, is_multimodal=is_multimodal)
+    if is_multimodal:
+        problems.extend(check_image_files(records, image_folder))
+    return Report(str(data_path), problems)
