@@ -118,3 +118,16 @@ def test_upstream_gpu_flags_run_on_cpu(base_argv):
 )
 def test_parse_grid_pinpoints(text, expected):
     assert parse_grid_pinpoints(text) == expected
+
+
+def test_flag_combinations_from_the_data_issue_are_rejected_together(tiny, tmp_path):
+    argv = ["--model_name_or_path", str(tiny.llm), "--data_path", str(tiny.data), "--output_dir", str(tmp_path),
+            "--bits", "4", "--tune_mm_mlp_adapter", "True", "--mm_projector_lr", "2e-5"]  # fmt: skip
+    with pytest.raises(ArgumentsError) as caught:
+        parse_args(argv)
+    message = str(caught.value)
+    assert message.startswith("4 problem(s)")
+    assert "--bits 4 with --tune_mm_mlp_adapter" in message
+    assert "--mm_projector_lr sets the projector's learning rate, but there is no projector" in message
+    assert "--tune_mm_mlp_adapter trains the projector, which needs --vision_tower" in message
+    assert "--bits 4 quantizes the language model" in message
