@@ -1,0 +1,105 @@
+"""Shared pieces of the benchmarks: sizes, timing, result rows and the table."""
+
+from __future__ import annotations
+
+import gc
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import torch
+
+SIZES = ("tiny", "quick", "full")
+
+
+@dataclass
+class Row:
+    """One measurement against a baseline measured in the same run. `ratio` = measured / baseline."""
+
+    name: str
+    measured: float
+    baseline: float
+    unit: str
+    target: str  # e.g. "<= 1.5x"
+    note: str = ""
+
+    @property
+    def ratio(self) -> float:
+        return self.measured / self.baseline if self.baseline else float("nan")
+
+    @property
+    def passed(self) -> bool | None:
+        if not self.target:
+            return None
+        op, value = self.target.split()
+        bound = float(value.rstrip("x"))
+        return self.ratio <= bound if op == "<=" else self.ratio >= bound
+
+    def as_dict(self) -> dict:
+        return {**asdict(self), "ratio": round(self.ratio, 4), "passed": self.passed}
+
+
+def skipped(name: str, reason: str) -> Row:
+    return Row(name, float("nan"), float("nan"), "", "", note=f"skipped: {reason}")
+
+
+def seconds(fn: Callable[[], object], repeat: int = 5, warmup: int = 1) -> float:
+    """Median wall time of `fn` over `repeat` runs after `warmup` runs (synchronising CUDA when used)."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeat):
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        fn()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def paired_seconds(first: Callable[[], object], second: Callable[[], object], repeat: int = 5) -> tuple[float, float]:
+    """Best wall times of two functions measured alternately: drift on a busy machine hits both alike, and the
+    minimum is the least disturbed run (interference only ever adds time)."""
+    first(), second()  # warm-up
+    times: tuple[list[float], list[float]] = ([], [])
+    for _ in range(repeat):
+        for fn, bucket in ((first, times[0]), (second, times[1])):
+            gc.collect()
+            start = time.perf_counter()
+            fn()
+            bucket.append(time.perf_counter() - start)
+    return min(times[0]), min(times[1])
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as info:
+            cpu = next(line.split(":", 1)[1].strip() for line in info if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return f"{cpu}, {os.cpu_count()} cores, {gpu}, torch {torch.__version__}, python {platform.python_version()}"
+
+
+def format_table(rows: list[Row]) -> str:
+    header = ("benchmark", "measured", "baseline", "ratio", "target", "result")
+    lines = []
+    for row in rows:
+        if row.note.startswith("skipped"):
+            lines.append((row.name, "-", "-", "-", "-", row.note))
+            continue
+        result = {True: "pass", False: "MISS", None: ""}[row.passed]
+        lines.append(
+            (row.name, f"{row.measured:.4g} {row.unit}", f"{row.baseline:.4g} {row.unit}", f"{row.ratio:.2f}x",
+             row.target, result + (f" ({row.note})" if row.note else ""))
+        )  # fmt: skip
+    widths = [max(len(str(cell)) for cell in column) for column in zip(header, *lines)]
+    render = lambda cells: "| " + " | ".join(str(c).ljust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
+    return "\n".join([render(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(render, lines)])
