@@ -19,10 +19,3 @@ def quiet_transformers() -> Iterator[None]:
     finally:
         hf_logging.set_verbosity(verbosity)
 
-
-def disable_torch_init() -> None:
-    """Skip the random initialisation of Linear / LayerNorm weights that are about to be loaded (upstream's name)."""
-    import torch
-
-    setattr(torch.nn.Linear, "reset_parameters", lambda self: None)
-    setattr(torch.nn.LayerNorm, "reset_parameters", lambda self: None)
