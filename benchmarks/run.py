@@ -48,6 +48,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", choices=sorted(BENCHMARKS), action="append", help="run only these")
     args = parser.parse_args(argv)
     size = "tiny" if args.tiny else "full" if args.full else "quick"
+    output = sys.stdout
+    if args.json:
+        # Libraries log to stdout (DeepSpeed's accelerator notice, progress bars): keep it for the JSON alone.
+        sys.stdout.flush()
+        output = os.fdopen(os.dup(1), "w")
+        os.dup2(2, 1)
 
     import logging
 
@@ -68,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
             timings[name] = round(time.monotonic() - started, 1)
     if args.json:
         print(json.dumps({"size": size, "machine": machine(), "seconds": timings,
-                          "rows": [row.as_dict() for row in rows]}, indent=1))  # fmt: skip
+                          "rows": [row.as_dict() for row in rows]}, indent=1), file=output, flush=True)  # fmt: skip
     else:
         print(f"machine: {machine()}\nsize: {size}; seconds per benchmark: {timings}\n")
         print(format_table(rows))
