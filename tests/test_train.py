@@ -343,3 +343,15 @@ def test_full_finetune_saves_a_whole_model(tiny, tmp_path, caplog):
     assert (config["model_type"], config["vocab_size"]) == ("llava_llama", 1025)
     base = base_llm_weights(tiny)
     assert not torch.equal(state["model.layers.0.mlp.down_proj.weight"], base["model.layers.0.mlp.down_proj.weight"])
+
+
+def test_same_seed_same_run(tiny, tmp_path):
+    """Upstream creates the model and LoRA before the seed is set (SPEC 4.8), so two runs never match."""
+    runs = {}
+    for name, seed in (("a", 11), ("b", 11), ("c", 12)):
+        train(argv=multimodal_flags(tiny, tmp_path / name, max_steps=1, save_steps=10, seed=seed))
+        runs[name] = {**load_bin(tmp_path / name / "adapter_model.bin"),
+                      **load_bin(tmp_path / name / "non_lora_trainables.bin")}  # fmt: skip
+    assert all(torch.equal(runs["a"][key], runs["b"][key]) for key in runs["a"])
+    lora_a = [key for key in runs["a"] if "lora_A" in key]
+    assert lora_a and all(not torch.equal(runs["a"][key], runs["c"][key]) for key in lora_a)

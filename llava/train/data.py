@@ -66,8 +66,9 @@ class LazySupervisedDataset(Dataset):
 
     Everything beyond upstream's three arguments is explicit and keyword-only: the image processor (the vision
     tower's), the conversation template (default: ``default_conversation``), whether the image is wrapped in
-    ``<im_start>``/``<im_end>``, the anyres grid (default: ``data_args.image_grid_pinpoints``) and the records
-    when already read from ``data_path``.
+    ``<im_start>``/``<im_end>``, the anyres grid (default: ``data_args.image_grid_pinpoints``), the records when
+    already read from ``data_path``, and ``checked=True`` when they already passed
+    ``llava.data.validation.check_records`` with the same template (training checks them before loading the model).
     """
 
     def __init__(
@@ -81,6 +82,7 @@ class LazySupervisedDataset(Dataset):
         mm_use_im_start_end: bool = False,
         image_grid_pinpoints: str | list | None = None,
         records: list[dict] | None = None,
+        checked: bool = False,
     ) -> None:
         super().__init__()
         self.data_path = str(data_path)
@@ -98,7 +100,7 @@ class LazySupervisedDataset(Dataset):
         # `records`: the file's records when the caller has read them already (training checks them before the model).
         self.list_data_dict = load_records(data_path) if records is None else records
         self._check_settings()
-        self._lengths, self._modality_lengths = self._scan()
+        self._lengths, self._modality_lengths = self._scan(checked)
         logger.info("%d samples from %s (template %r)", len(self), self.data_path, self.conv.version)
 
     # -- checks and lengths, once ------------------------------------------------------------------------------
@@ -109,15 +111,17 @@ class LazySupervisedDataset(Dataset):
         if self.data_args.is_multimodal and self.image_aspect_ratio == "anyres" and not self.image_grid_pinpoints:
             raise ValueError("--image_aspect_ratio anyres needs --image_grid_pinpoints, e.g. '[[336,672],[672,336]]'")
 
-    def _scan(self) -> tuple[list[int], list[int]]:
-        """Validate every record (the checks `python -m llava.data.check` makes) and compute upstream's lengths."""
-        report = Report(
-            self.data_path,
-            check_records(self.list_data_dict, conv=self.conv, is_multimodal=self.data_args.is_multimodal),
-        )
-        for problem in report.warnings:
-            logger.warning("%s: %s", self.data_path, problem.format())
-        report.raise_if_problems()
+    def _scan(self, checked: bool) -> tuple[list[int], list[int]]:
+        """Validate every record (the checks `python -m llava.data.check` makes; skipped when the caller already
+        ran them, ``checked``) and compute upstream's lengths."""
+        if not checked:
+            report = Report(
+                self.data_path,
+                check_records(self.list_data_dict, conv=self.conv, is_multimodal=self.data_args.is_multimodal),
+            )
+            for problem in report.warnings:
+                logger.warning("%s: %s", self.data_path, problem.format())
+            report.raise_if_problems()
         without_reply, lengths, modality_lengths = [], [], []
         for index, record in enumerate(self.list_data_dict):
             turns = record["conversations"]

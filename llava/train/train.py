@@ -91,7 +91,7 @@ def train(attn_implementation: Optional[str] = None, argv: Optional[Sequence[str
     model = _prepare_for_training(model, training_args)
     tokenizer = load_tokenizer(model_args, training_args)
     template = setup_template(model_args, tokenizer, model)
-    dataset_kwargs = {"conv": template, "records": records}
+    dataset_kwargs = {"conv": template, "records": records, "checked": True}
     if model_args.vision_tower is not None:
         vision = setup_vision_modules(model, tokenizer, model_args, data_args, training_args)
         dataset_kwargs.update(
