@@ -16,7 +16,7 @@ $(VENV)/.installed: pyproject.toml
 setup: $(VENV)/.installed
 
 test: setup
-	$(PY) -m pytest -q -ra
+	$(PY) -m pytest -ra --durations=15
 
 demo: setup
 	$(PY) -m llava.demo

@@ -27,8 +27,11 @@ from pathlib import Path
 
 import torch
 
+from llava.train import ds_hygiene
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_TIMEOUT_S = 900
+STOP_GRACE_S = 20
 LOG_TAIL_CHARS = 6000
 
 
@@ -63,6 +66,7 @@ def launch_env(extra_pythonpath: Sequence[str | os.PathLike[str]] = ()) -> dict[
     paths = [str(REPO_ROOT), *map(str, extra_pythonpath), env.get("PYTHONPATH")]
     env["PYTHONPATH"] = os.pathsep.join(filter(None, paths))
     env.setdefault("TOKENIZERS_PARALLELISM", "false")  # no tokenizer fork warnings in worker logs
+    env.setdefault("PYTHONFAULTHANDLER", "1")  # a stack trace on a crash, and on the SIGABRT of a timeout
     # The launcher finds `python` and `deepspeed` on PATH: put this interpreter's first.
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     return env
@@ -82,7 +86,8 @@ def launch_deepspeed(
     With `capture`, stdout and stderr come back as text; otherwise they go to this process's terminal (progress
     bars stay live). Raises `LaunchError` when the job exits non-zero or runs past `timeout_s`.
     """
-    command = [*deepspeed_command(), "--num_gpus", str(num_procs), "--master_port", str(free_port()), str(script), *args]
+    port = free_port()
+    command = [*deepspeed_command(), "--num_gpus", str(num_procs), "--master_port", str(port), str(script), *args]
     child_env = launch_env(extra_pythonpath)
     if env:
         child_env.update(env)
@@ -94,16 +99,35 @@ def launch_deepspeed(
     try:
         stdout, stderr = process.communicate(timeout=timeout_s)
     except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        stdout, stderr = process.communicate()
-        raise LaunchError(f"{' '.join(command)} timed out after {timeout_s} s\n{_tail(stdout, stderr)}") from None
+        stdout, stderr = _stop(process)
+        raise LaunchError(
+            f"{' '.join(command)} timed out after {timeout_s} s; each Python process's stack when it was stopped "
+            f"is in the log below\n{_tail(stdout, stderr)}"
+        ) from None
     except BaseException:
         os.killpg(process.pid, signal.SIGKILL)  # e.g. Ctrl-C: leave no orphaned workers
         raise
+    finally:
+        ds_hygiene.unlink_shm_segments(port)  # whatever the workers could not remove (killed ones)
     result = subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
     if result.returncode != 0:
         raise LaunchError(f"{' '.join(command)} exited with {result.returncode}\n{_tail(stdout, stderr)}")
     return result
+
+
+def _stop(process: subprocess.Popen) -> tuple[str | None, str | None]:
+    """End a job that ran too long: SIGABRT first (with `PYTHONFAULTHANDLER` set every Python process prints its
+    stack on it), then SIGKILL; never waits unboundedly."""
+    for sig in (signal.SIGABRT, signal.SIGKILL):
+        try:
+            os.killpg(process.pid, sig)
+        except ProcessLookupError:
+            pass
+        try:
+            return process.communicate(timeout=STOP_GRACE_S)
+        except subprocess.TimeoutExpired:
+            continue
+    return None, "(no output: the job's pipes stayed open after SIGKILL)"
 
 
 def _tail(stdout: str | None, stderr: str | None) -> str:

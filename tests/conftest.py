@@ -13,6 +13,36 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 
 
+def pytest_report_header(config) -> list[str]:
+    """What a hung or failed distributed test depends on, printed at the top of every run (CI logs included)."""
+    import platform
+    import shutil
+
+    from llava.train import ds_hygiene
+
+    flags = set()
+    model = platform.processor() or platform.machine()
+    try:
+        cpuinfo = open("/proc/cpuinfo").read()
+        flags = set(next(line for line in cpuinfo.splitlines() if line.startswith("flags")).split()[2:])
+        model = next(line for line in cpuinfo.splitlines() if line.startswith("model name")).split(":", 1)[1].strip()
+    except (OSError, StopIteration):
+        pass
+    wanted = ("avx2", "avx512f", "avx512bw", "avx512_bf16", "amx_bf16")
+    shm = ds_hygiene.SHM_DIR
+    shm_line = "absent"
+    if shm.is_dir():
+        usage = shutil.disk_usage(shm)
+        leftovers = len(ds_hygiene.shm_segments())
+        shm_line = f"{usage.free / 2**30:.1f} of {usage.total / 2**30:.1f} GiB free, {leftovers} DeepSpeed segments"
+    locks = sorted(str(path) for path in ds_hygiene.torch_extensions_root().glob("*/*/lock"))
+    return [
+        f"cpu: {model}, {os.cpu_count()} cores, {' '.join(flag for flag in wanted if flag in flags) or 'no avx2'}",
+        f"/dev/shm: {shm_line}",
+        f"torch extension build locks: {', '.join(locks) or 'none'}",
+    ]
+
+
 @pytest.fixture(scope="session")
 def tiny(tmp_path_factory):
     """Paths of the tiny CLIP tower, Vicuna-like LM, LLaVA checkpoint, pretrained projector and dataset."""

@@ -251,6 +251,7 @@ def single_process_states(model_dir: Path) -> dict[str, dict[str, torch.Tensor]]
 def test_zero3_partitions_every_tensor(zero3_run: list[dict]) -> None:
     for record in zero3_run:
         assert record["world_size"] == 2
+        assert record["shm_op_loaded"] and record["shm_segments_left"] == []
         assert record["available_before"] == record["available_after"] == []
         for layout in ("layout_trained", "layout_after_gather"):
             for name, (local_numel, full_numel, full_shape) in record[layout].items():

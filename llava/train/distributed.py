@@ -23,6 +23,8 @@ from typing import Any
 
 import torch
 
+from llava.train import ds_hygiene
+
 logger = logging.getLogger(__name__)
 
 CPU_BACKEND = "gloo"
@@ -57,7 +59,10 @@ def init_distributed_state(deepspeed_config: str | Mapping[str, Any] | None) -> 
     Returns:
         Extra keyword arguments for `TrainingArguments`.
     """
-    if not deepspeed_config or torch.cuda.is_available():
+    if not deepspeed_config:
+        return {}
+    ds_hygiene.remove_stale_build_locks()
+    if torch.cuda.is_available():
         return {}
 
     from accelerate import PartialState
@@ -85,6 +90,7 @@ def init_distributed_state(deepspeed_config: str | Mapping[str, Any] | None) -> 
             del os.environ["ACCELERATE_USE_DEEPSPEED"]
         else:
             os.environ["ACCELERATE_USE_DEEPSPEED"] = previous
+    _release_shm_segments(state.process_index)
     logger.info(
         "No CUDA device: DeepSpeed runs on CPU over %s (rank %d of %d)",
         CPU_BACKEND,
@@ -92,6 +98,17 @@ def init_distributed_state(deepspeed_config: str | Mapping[str, Any] | None) -> 
         state.num_processes,
     )
     return copy.deepcopy(CPU_TRAINING_ARGS)
+
+
+def _release_shm_segments(rank: int) -> None:
+    """Unlink this rank's DeepSpeed shared-memory segment once every rank has mapped every segment.
+
+    DeepSpeed maps all ranks' segments while it initialises and never unlinks them; the barrier makes sure
+    all ranks are past that point, after which the names are no longer needed (see `ds_hygiene`).
+    """
+    if torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
+        torch.distributed.barrier()
+    ds_hygiene.unlink_shm_segments(os.environ["MASTER_PORT"], os.environ.get("MASTER_ADDR"), rank=rank)
 
 
 def _fill_single_process_env() -> None:

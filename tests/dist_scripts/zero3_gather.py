@@ -10,6 +10,7 @@ the partition layout and how many parameters each `GatheredParameters` context r
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 import deepspeed
@@ -18,6 +19,7 @@ import transformers
 from deepspeed.runtime.zero.partition_parameters import ZeroParamStatus
 
 from dist_scripts.tiny_peft import RandomTokens, add_lora_and_projector
+from llava.train import ds_hygiene
 from llava.train.distributed import get_rank, init_distributed_state, is_zero3_enabled
 from llava.train.zero3 import (
     get_mm_adapter_state_maybe_zero_3,
@@ -131,6 +133,9 @@ def main() -> None:
     model = transformers.LlamaForCausalLM.from_pretrained(args.model_dir)
     peft_model = add_lora_and_projector(model)
     record = {"world_size": torch.distributed.get_world_size(), "layout_loaded": partition_layout(peft_model)}
+    # DeepSpeed's CPU op mapped a shared-memory segment per rank; init_distributed_state unlinked them.
+    record["shm_op_loaded"] = deepspeed.comm.comm.cdb.shm_comm_op is not None
+    record["shm_segments_left"] = [path.name for path in ds_hygiene.shm_segments(os.environ["MASTER_PORT"])]
     # Base weights are partitioned by from_pretrained; LoRA and projector are still whole here.
     record["before"] = all_helper_states(peft_model)
     record["maybe_zero_3_embed"] = maybe_zero_3(

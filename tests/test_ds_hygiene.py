@@ -1,0 +1,105 @@
+"""What a DeepSpeed job leaves behind on a machine - a stale JIT build lock, `/dev/shm` segments - is cleaned up,
+and a job that hangs is stopped with its stacks in the error (llava.train.ds_hygiene, llava.launch)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from launch import DIST_SCRIPTS, TESTS_DIR
+from llava import launch
+from llava.train import ds_hygiene
+
+# A real torch FileBaton, taken by a child process that then either dies holding it or keeps holding it.
+TAKE_BATON = """
+import os, signal, sys, time
+from torch.utils.file_baton import FileBaton
+assert FileBaton(sys.argv[1]).try_acquire()
+print("held", flush=True)
+if sys.argv[2] == "die":
+    os.kill(os.getpid(), signal.SIGKILL)
+time.sleep(600)
+"""
+
+
+def _lock_path(root: Path, op: str = "deepspeed_shm_comm") -> Path:
+    build_dir = root / "py311_cpu" / op
+    build_dir.mkdir(parents=True)
+    return build_dir / "lock"
+
+
+def _take_baton(lock: Path, mode: str) -> subprocess.Popen:
+    child = subprocess.Popen([sys.executable, "-c", TAKE_BATON, str(lock), mode], stdout=subprocess.PIPE, text=True)
+    assert child.stdout.readline() == "held\n"
+    return child
+
+
+def test_lock_of_a_killed_holder_is_removed(tmp_path):
+    lock = _lock_path(tmp_path)
+    child = _take_baton(lock, "die")
+    assert child.wait(timeout=60) == -signal.SIGKILL
+    assert lock.exists()  # what torch leaves: every later load of the op would wait for ever
+
+    assert ds_hygiene.remove_stale_build_locks(tmp_path, recheck_after_s=0.1) == [lock]
+    assert not lock.exists()
+
+
+def test_lock_that_is_held_stays(tmp_path):
+    lock = _lock_path(tmp_path)
+    child = _take_baton(lock, "hold")
+    try:
+        assert ds_hygiene.remove_stale_build_locks(tmp_path, recheck_after_s=0.1) == []
+        assert lock.exists()
+    finally:
+        child.kill()
+        child.wait(timeout=60)
+    assert ds_hygiene.remove_stale_build_locks(tmp_path, recheck_after_s=0.1) == [lock]
+
+
+def test_no_locks_no_wait(tmp_path):
+    _lock_path(tmp_path)  # a build directory without a lock
+    started = time.monotonic()
+    assert ds_hygiene.remove_stale_build_locks(tmp_path, recheck_after_s=5) == []
+    assert time.monotonic() - started < 1
+
+
+def test_torch_extensions_root_follows_the_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    assert ds_hygiene.torch_extensions_root() == tmp_path
+
+
+def test_unlink_shm_segments_by_job_and_rank():
+    uid, port, other_port = os.getuid(), 1, 2  # ports no real job can have
+    names = [f"{ds_hygiene.SHM_PREFIX}_{uid}_127.0.0.1_{p}_{rank}" for p in (port, other_port) for rank in (0, 1, 11)]
+    paths = [ds_hygiene.SHM_DIR / name for name in names]
+    try:
+        for path in paths:
+            path.write_bytes(b"x")
+        assert ds_hygiene.unlink_shm_segments(port, "127.0.0.1", rank=1) == 1
+        assert [path.exists() for path in paths] == [True, False, True, True, True, True]
+        assert ds_hygiene.shm_segments(port) == [paths[0], paths[2]]
+        assert ds_hygiene.unlink_shm_segments(port) == 2
+        assert ds_hygiene.shm_segments(other_port) == paths[3:]
+    finally:
+        for path in paths:
+            path.unlink(missing_ok=True)
+
+
+@pytest.mark.slow
+def test_a_hung_job_is_stopped_with_stacks_and_leaves_no_segments():
+    # llava.launch directly: the tests' wrapper would stop launching after a timeout, by design.
+    with pytest.raises(launch.LaunchError) as error:
+        launch.launch_deepspeed(DIST_SCRIPTS / "hang_with_segment.py", timeout_s=45, extra_pythonpath=[TESTS_DIR])
+    message = str(error.value)
+    port = message.split("--master_port ", 1)[1].split()[0]
+    assert "timed out after 45 s" in message
+    assert "rank 0 waiting" in message and "rank 1 waiting" in message
+    # faulthandler's dump, from each worker, at the line where it was waiting
+    assert message.count('in wait_forever') == 2, message
+    assert ds_hygiene.shm_segments(port) == []
