@@ -66,7 +66,7 @@ def main() -> None:
         for label, bucket in (("batched", None), ("per_tensor", 0)):
             kwargs = {} if bucket is None else {"bucket_bytes": bucket}
             gather_times, total_times = [], []
-            for attempt in range(repeat + 1):  # the first is a warm-up (allocations, shared-memory buffers)
+            for attempt in range(repeat + 1):  # the first is a warm-up (allocations, gloo buffers)
                 dist.barrier()
                 start = time.perf_counter()
                 adapter = get_peft_state_maybe_zero_3(named, "none", **kwargs)
