@@ -13,6 +13,14 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 
 
+def pytest_sessionstart(session) -> None:
+    """Start from a clean machine: segments and build locks that earlier, killed DeepSpeed jobs left behind."""
+    from llava.train import ds_hygiene
+
+    ds_hygiene.remove_orphaned_shm_segments()
+    ds_hygiene.remove_stale_build_locks()
+
+
 def pytest_report_header(config) -> list[str]:
     """What a hung or failed distributed test depends on, printed at the top of every run (CI logs included)."""
     import platform

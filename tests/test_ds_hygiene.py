@@ -100,6 +100,36 @@ def test_a_hung_job_is_stopped_with_stacks_and_leaves_no_segments():
     port = message.split("--master_port ", 1)[1].split()[0]
     assert "timed out after 45 s" in message
     assert "rank 0 waiting" in message and "rank 1 waiting" in message
-    # faulthandler's dump, from each worker, at the line where it was waiting
-    assert message.count('in wait_forever') == 2, message
+    # faulthandler's dump from each worker names the function it was waiting in (the two workers share stderr,
+    # so their lines interleave; each name is one write)
+    assert "Fatal Python error: Aborted" in message
+    assert message.count("wait_forever") == 2, message
     assert ds_hygiene.shm_segments(port) == []
+
+
+def test_orphaned_segments_go_mapped_and_young_ones_stay(tmp_path):
+    uid = os.getuid()
+    orphan, young, mapped = (ds_hygiene.SHM_DIR / f"{ds_hygiene.SHM_PREFIX}_{uid}_127.0.0.1_{port}_0" for port in (3, 4, 5))
+    old = time.time() - 3600
+    holder = None
+    try:
+        for path in (orphan, young, mapped):
+            path.write_bytes(b"\0" * 4096)
+        os.utime(orphan, (old, old))
+        os.utime(mapped, (old, old))
+        # another process maps `mapped`, as a live DeepSpeed rank does
+        holder = subprocess.Popen(
+            [sys.executable, "-c", "import mmap,sys,time; f=open(sys.argv[1],'r+b'); m=mmap.mmap(f.fileno(),4096); "
+             "f.close(); print('mapped', flush=True); time.sleep(600)", str(mapped)],
+            stdout=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        assert holder.stdout.readline() == "mapped\n"
+
+        assert orphan in ds_hygiene.remove_orphaned_shm_segments()
+        assert not orphan.exists() and young.exists() and mapped.exists()
+    finally:
+        if holder is not None:
+            holder.kill()
+            holder.wait(timeout=60)
+        for path in (orphan, young, mapped):
+            path.unlink(missing_ok=True)

@@ -81,6 +81,7 @@ def init_distributed_state(deepspeed_config: str | Mapping[str, Any] | None) -> 
         return copy.deepcopy(CPU_TRAINING_ARGS)
 
     _fill_single_process_env()
+    ds_hygiene.remove_orphaned_shm_segments()  # left by earlier jobs, ours or not
     previous = os.environ.get("ACCELERATE_USE_DEEPSPEED")
     os.environ["ACCELERATE_USE_DEEPSPEED"] = "true"
     try:

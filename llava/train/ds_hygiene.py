@@ -10,6 +10,7 @@
    (about 69 MB each, named after uid, `MASTER_ADDR`, `MASTER_PORT` and rank) and never unlinks it, so every job
    leaks them until the machine reboots (tmpfs is RAM). `unlink_shm_segments` removes a job's segments: the
    workers call it once every rank has mapped them (the mappings stay valid), the launcher after the job ends.
+   `remove_orphaned_shm_segments` clears what earlier jobs (or other tools) left: segments no process maps.
 """
 
 from __future__ import annotations
@@ -53,6 +54,21 @@ def _open_files() -> set[Path]:
             except OSError:
                 continue
     return opened
+
+
+def _mapped_files() -> set[Path]:
+    """Every file some process we can see has mapped into memory (from /proc/<pid>/maps)."""
+    mapped: set[Path] = set()
+    for maps in glob.glob("/proc/[0-9]*/maps"):
+        try:
+            lines = Path(maps).read_text().splitlines()
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split(maxsplit=5)
+            if len(fields) == 6 and fields[5].startswith("/"):
+                mapped.add(Path(fields[5].removesuffix(" (deleted)")))
+    return mapped
 
 
 def _identity(path: Path) -> tuple[int, int] | None:
@@ -117,4 +133,30 @@ def unlink_shm_segments(port: int | str, addr: str | None = None, rank: int | No
             removed += 1
         except FileNotFoundError:
             continue
+    return removed
+
+
+def remove_orphaned_shm_segments(min_age_s: float = 60.0) -> list[Path]:
+    """Delete this user's DeepSpeed segments that no process maps and that are older than `min_age_s`.
+
+    The age keeps a job that is starting alone: between creating its segment and mapping it a rank holds it
+    unmapped for a moment, and its peers wait for the name to exist.
+    """
+    if not Path("/proc/self/maps").is_file():
+        return []
+    segments = shm_segments()
+    if not segments:
+        return []
+    mapped = _mapped_files()
+    removed = []
+    for path in segments:
+        try:
+            old_enough = time.time() - path.stat().st_mtime >= min_age_s
+        except FileNotFoundError:
+            continue
+        if old_enough and path not in mapped:
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    if removed:
+        logger.info("Removed %d DeepSpeed shared-memory segments that no process uses", len(removed))
     return removed
