@@ -107,9 +107,12 @@ def _release_shm_segments(rank: int) -> None:
     DeepSpeed maps all ranks' segments while it initialises and never unlinks them; the barrier makes sure
     all ranks are past that point, after which the names are no longer needed (see `ds_hygiene`).
     """
+    port = os.environ.get("MASTER_PORT")
+    if port is None:  # DeepSpeed names its segments after MASTER_PORT: without it, it made none
+        return
     if torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
         torch.distributed.barrier()
-    ds_hygiene.unlink_shm_segments(os.environ["MASTER_PORT"], os.environ.get("MASTER_ADDR"), rank=rank)
+    ds_hygiene.unlink_shm_segments(port, os.environ.get("MASTER_ADDR"), rank=rank)
 
 
 def _fill_single_process_env() -> None:
