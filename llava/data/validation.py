@@ -8,6 +8,7 @@ file and what to do.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -97,6 +98,12 @@ class Report:
     def raise_if_problems(self) -> None:
         if self.errors:
             raise DataValidationError(self.error_message())
+
+    def enforce(self, logger: logging.Logger) -> None:
+        """What training does with a report: log every warning, stop on any error."""
+        for problem in self.warnings:
+            logger.warning("%s: %s", self.data_path, problem.format())
+        self.raise_if_problems()
 
 
 class DataValidationError(ValueError):

@@ -24,7 +24,7 @@ from llava import conversation as conversation_lib
 from llava.constants import IGNORE_INDEX
 from llava.conversation import Conversation
 from llava.mm_utils import process_images
-from llava.data.validation import MAX_LISTED_PROBLEMS, Report, check_records
+from llava.data.validation import MAX_LISTED_PROBLEMS, Report, check_records, sample_id
 from llava.train.preprocess import GPT, preprocess, preprocess_multimodal
 
 logger = logging.getLogger(__name__)
@@ -115,13 +115,10 @@ class LazySupervisedDataset(Dataset):
         """Validate every record (the checks `python -m llava.data.check` makes; skipped when the caller already
         ran them, ``checked``) and compute upstream's lengths."""
         if not checked:
-            report = Report(
+            Report(
                 self.data_path,
                 check_records(self.list_data_dict, conv=self.conv, is_multimodal=self.data_args.is_multimodal),
-            )
-            for problem in report.warnings:
-                logger.warning("%s: %s", self.data_path, problem.format())
-            report.raise_if_problems()
+            ).enforce(logger)
         without_reply, lengths, modality_lengths = [], [], []
         for index, record in enumerate(self.list_data_dict):
             turns = record["conversations"]
@@ -139,8 +136,8 @@ class LazySupervisedDataset(Dataset):
             )
         return lengths, modality_lengths
 
-    def _sample_id(self, index: int) -> Any:
-        return self.list_data_dict[index].get("id", f"#{index}")
+    def _sample_id(self, index: int) -> str:
+        return sample_id(self.list_data_dict[index], index)
 
     def __len__(self) -> int:
         return len(self.list_data_dict)

@@ -137,9 +137,7 @@ def _check_data(model_args: ModelArguments, data_args: DataArguments) -> list[di
         conv=get_conv_template(template_name(model_args.version)),
         is_multimodal=model_args.vision_tower is not None,
     )
-    for problem in report.warnings:
-        logger.warning("%s: %s", data_args.data_path, problem.format())
-    report.raise_if_problems()
+    report.enforce(logger)
     return records
 
 
