@@ -32,9 +32,8 @@ from llava.data.validation import (
     TRUNCATED,
     Problem,
     Report,
-    check_image_files,
-    check_records,
     sample_id,
+    validate_for_training,
 )
 
 logger = logging.getLogger(__name__)
@@ -166,16 +165,12 @@ def run_check(args: argparse.Namespace) -> tuple[Report, Statistics, dict]:
     records = load_records(args.data_path)
     conv = get_conv_template(template_name(args.version))
     is_multimodal = args.image_folder is not None or any(isinstance(r, dict) and "image" in r for r in records)
-    report = Report(str(args.data_path), check_records(records, conv=conv, is_multimodal=is_multimodal))
     stats = Statistics(samples=len(records), images=sum(isinstance(r, dict) and "image" in r for r in records))
     info = {"template": template_name(args.version)}
-    if is_multimodal:
-        report.problems.extend(
-            check_image_files(
-                records, args.image_folder, decode=args.decode_images,
-                progress=lambda it: progress(it, total=stats.images, desc="images"),
-            )
-        )  # fmt: skip
+    report = validate_for_training(
+        records, data_path=args.data_path, image_folder=args.image_folder, conv=conv, is_multimodal=is_multimodal,
+        decode=args.decode_images, progress=lambda it: progress(it, total=stats.images, desc="images"),
+    )  # fmt: skip
 
     if args.tokenize != "none" and args.model_name_or_path:
         bad = {problem.index for problem in report.errors}

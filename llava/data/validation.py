@@ -230,10 +230,13 @@ def validate_for_training(
     image_folder: str | os.PathLike | None,
     conv: Conversation,
     is_multimodal: bool,
+    decode: bool = False,
+    progress: Iterable | None = None,
 ) -> Report:
-    """The checks a training run makes before loading the model: structure, roles, image placeholders and that
-    every image file exists. Cheap: no decoding, no tokenizer."""
+    """Structure, roles, image placeholders and that every image file exists: the checks a training run makes
+    before loading the model (cheap: no decoding, no tokenizer). The data checker adds ``decode`` (every image
+    opens) and a ``progress`` bar over the image checks (see `check_image_files`)."""
     problems = check_records(records, conv=conv, is_multimodal=is_multimodal)
     if is_multimodal:
-        problems.extend(check_image_files(records, image_folder))
+        problems.extend(check_image_files(records, image_folder, decode=decode, progress=progress))
     return Report(str(data_path), problems)
