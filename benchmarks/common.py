@@ -78,12 +78,9 @@ def paired_seconds(first: Callable[[], object], second: Callable[[], object], re
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as info:
-            cpu = next(line.split(":", 1)[1].strip() for line in info if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    from llava.utils import cpu_description
+
+    cpu, _ = cpu_description()
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
     return f"{cpu}, {os.cpu_count()} cores, {gpu}, torch {torch.__version__}, python {platform.python_version()}"
 

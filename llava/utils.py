@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import platform
 from collections.abc import Iterator
 
 
@@ -19,3 +20,20 @@ def quiet_transformers() -> Iterator[None]:
     finally:
         hf_logging.set_verbosity(verbosity)
 
+
+
+def cpu_description() -> tuple[str, frozenset[str]]:
+    """The CPU's model name and feature flags (from /proc/cpuinfo; the platform's name and no flags elsewhere).
+
+    Benchmarks and test logs print them: DeepSpeed's and bitsandbytes' CPU kernels depend on AVX2 / AVX-512 / AMX.
+    """
+    fields: dict[str, str] = {}
+    try:
+        with open("/proc/cpuinfo") as info:
+            for line in info:
+                key, _, value = line.partition(":")
+                fields.setdefault(key.strip(), value.strip())  # the first processor's entry
+    except OSError:
+        pass
+    model = fields.get("model name") or platform.processor() or platform.machine()
+    return model, frozenset(fields.get("flags", "").split())

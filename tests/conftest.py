@@ -27,19 +27,12 @@ def pytest_sessionstart(session) -> None:
 
 def pytest_report_header(config) -> list[str]:
     """What a hung or failed distributed test depends on, printed at the top of every run (CI logs included)."""
-    import platform
     import shutil
 
     from llava.train import ds_hygiene
+    from llava.utils import cpu_description
 
-    flags = set()
-    model = platform.processor() or platform.machine()
-    try:
-        cpuinfo = open("/proc/cpuinfo").read()
-        flags = set(next(line for line in cpuinfo.splitlines() if line.startswith("flags")).split()[2:])
-        model = next(line for line in cpuinfo.splitlines() if line.startswith("model name")).split(":", 1)[1].strip()
-    except (OSError, StopIteration):
-        pass
+    model, flags = cpu_description()
     wanted = ("avx2", "avx512f", "avx512bw", "avx512_bf16", "amx_bf16")
     shm = ds_hygiene.SHM_DIR
     shm_line = "absent"
