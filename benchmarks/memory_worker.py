@@ -15,6 +15,7 @@ import gc
 import resource
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 
@@ -22,9 +23,9 @@ import torch
 def main() -> None:
     import bitsandbytes  # noqa: F401  (imported by both variants, so that it counts as shared)
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
-    from transformers import BitsAndBytesConfig, LlamaForCausalLM
+    from transformers import LlamaForCausalLM
 
-    from llava.constants import QUANTIZATION_SKIP_MODULES
+    from llava.train.model_setup import quantization_kwargs
 
     model_dir, mode, seq_len = sys.argv[1], sys.argv[2], int(sys.argv[3])
     cuda = torch.cuda.is_available()
@@ -34,24 +35,18 @@ def main() -> None:
         model = LlamaForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16, device_map={"": device})
         model.gradient_checkpointing_enable()
         model.enable_input_require_grads()
-    else:  # the QLoRA path of llava.train: nf4, double quantization, bf16 compute, then k-bit preparation
-        quantization = BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=torch.bfloat16, llm_int8_skip_modules=list(QUANTIZATION_SKIP_MODULES),
-        )  # fmt: skip
+    else:  # the QLoRA path of llava.train (`--bits 4 --bf16 True`): nf4, double quantization, k-bit preparation
         model = LlamaForCausalLM.from_pretrained(
-            model_dir, quantization_config=quantization, dtype=torch.bfloat16, device_map={"": device}
+            model_dir, dtype=torch.bfloat16, **quantization_kwargs(training_flags(device))
         )
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=True)
     lora = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules=r".*\.(self_attn|mlp)\.\w+_proj")
     model = get_peft_model(model, lora)
     if mode == "qlora":
-        from types import SimpleNamespace
-
         from llava.train.lora import cast_kbit_modules
 
         # As llava.train does after LoRA (and upstream): embeddings and head back to bf16, norms in fp32.
-        cast_kbit_modules(model, SimpleNamespace(bf16=True))
+        cast_kbit_modules(model, training_flags(device))
     model.train()
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     ids = torch.randint(3, model.config.vocab_size, (1, seq_len), device=device)
@@ -71,6 +66,11 @@ def main() -> None:
     else:
         peak = _status_bytes("VmHWM") if reset else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     print(shared, loaded, peak)
+
+
+def training_flags(device: str) -> SimpleNamespace:
+    """The training arguments the QLoRA path reads: upstream's finetune_qlora.sh defaults (`--bits 4 --bf16 True`)."""
+    return SimpleNamespace(bits=4, fp16=False, bf16=True, double_quant=True, quant_type="nf4", device=device)
 
 
 def _reset_peak() -> bool:
