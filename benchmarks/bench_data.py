@@ -53,7 +53,7 @@ def run(size: str, tiny) -> list[Row]:
     from transformers import AutoTokenizer, CLIPImageProcessor
 
     from llava.conversation import get_conv_template
-    from llava.train.data import DataCollatorForSupervisedDataset, LazySupervisedDataset
+    from llava.data.dataset import DataCollatorForSupervisedDataset, LazySupervisedDataset
 
     tokenizer = AutoTokenizer.from_pretrained(tiny.llm, model_max_length=2048)
     tokenizer.pad_token = tokenizer.unk_token

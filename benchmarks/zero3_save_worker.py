@@ -45,7 +45,7 @@ class Layer(nn.Module):
 def main() -> None:
     import deepspeed
 
-    from llava.train.zero3 import get_peft_state_maybe_zero_3, get_peft_state_non_lora_maybe_zero_3
+    from llava.distributed.zero3 import get_peft_state_maybe_zero_3, get_peft_state_non_lora_maybe_zero_3
 
     # The deepspeed launcher adds --local_rank=<i>.
     layers, scale, repeat, out_path = [arg for arg in sys.argv[1:] if not arg.startswith("--local_rank")]

@@ -344,9 +344,22 @@ conv_templates: dict[str, Conversation] = {
 
 
 def get_conv_template(name: str) -> Conversation:
-    """A fresh copy of template ``name``; unknown names are an error (upstream silently used vicuna_v1, SPEC 4.4)."""
+    """A fresh copy of template ``name``; unknown names are an error (upstream silently used vicuna_v1, see
+    docs/upstream_differences.md)."""
     try:
         return conv_templates[name].copy()
     except KeyError:
         valid = ", ".join(sorted(conv_templates))
         raise ValueError(f"Unknown conversation template {name!r}. Valid names: {valid}.") from None
+
+
+# --version values that upstream's train() handles itself and trains with its default template, vicuna_v1
+# ("v0" is also a template key, but upstream's train() never uses that template for it).
+DEFAULT_TRAINING_TEMPLATE = "vicuna_v1"
+VERSIONS_WITH_DEFAULT_TEMPLATE = ("v0", "v0.5")
+
+
+def template_name(version: str) -> str:
+    """The conversation template training's ``--version`` selects: ``v0`` and ``v0.5`` use vicuna_v1, as upstream;
+    any other value names a template itself."""
+    return DEFAULT_TRAINING_TEMPLATE if version in VERSIONS_WITH_DEFAULT_TEMPLATE else version

@@ -19,7 +19,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 from collections.abc import Mapping, Sequence
@@ -27,7 +26,8 @@ from pathlib import Path
 
 import torch
 
-from llava.train import ds_hygiene
+from llava.distributed import hygiene
+from llava.distributed.state import free_port
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_TIMEOUT_S = 900
@@ -37,13 +37,6 @@ LOG_TAIL_CHARS = 6000
 
 class LaunchError(RuntimeError):
     """The launched job failed or timed out; the message ends with the tail of its log (when captured)."""
-
-
-def free_port() -> int:
-    """A TCP port that is free right now on localhost."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def deepspeed_command() -> list[str]:
@@ -108,7 +101,7 @@ def launch_deepspeed(
         os.killpg(process.pid, signal.SIGKILL)  # e.g. Ctrl-C: leave no orphaned workers
         raise
     finally:
-        ds_hygiene.unlink_shm_segments(port)  # whatever the workers could not remove (killed ones)
+        hygiene.unlink_shm_segments(port)  # whatever the workers could not remove (killed ones)
     result = subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
     if result.returncode != 0:
         raise LaunchError(f"{' '.join(command)} exited with {result.returncode}\n{_tail(stdout, stderr)}")

@@ -19,28 +19,28 @@ os.environ["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), os.enviro
 
 def pytest_sessionstart(session) -> None:
     """Start from a clean machine: segments and build locks that earlier, killed DeepSpeed jobs left behind."""
-    from llava.train import ds_hygiene
+    from llava.distributed import hygiene
 
-    ds_hygiene.remove_orphaned_shm_segments()
-    ds_hygiene.remove_stale_build_locks()
+    hygiene.remove_orphaned_shm_segments()
+    hygiene.remove_stale_build_locks()
 
 
 def pytest_report_header(config) -> list[str]:
     """What a hung or failed distributed test depends on, printed at the top of every run (CI logs included)."""
     import shutil
 
-    from llava.train import ds_hygiene
+    from llava.distributed import hygiene
     from llava.utils import cpu_description
 
     model, flags = cpu_description()
     wanted = ("avx2", "avx512f", "avx512bw", "avx512_bf16", "amx_bf16")
-    shm = ds_hygiene.SHM_DIR
+    shm = hygiene.SHM_DIR
     shm_line = "absent"
     if shm.is_dir():
         usage = shutil.disk_usage(shm)
-        leftovers = len(ds_hygiene.shm_segments())
+        leftovers = len(hygiene.shm_segments())
         shm_line = f"{usage.free / 2**30:.1f} of {usage.total / 2**30:.1f} GiB free, {leftovers} DeepSpeed segments"
-    locks = sorted(str(path) for path in ds_hygiene.torch_extensions_root().glob("*/*/lock"))
+    locks = sorted(str(path) for path in hygiene.torch_extensions_root().glob("*/*/lock"))
     return [
         f"cpu: {model}, {os.cpu_count()} cores, {' '.join(flag for flag in wanted if flag in flags) or 'no avx2'}",
         f"/dev/shm: {shm_line}",

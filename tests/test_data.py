@@ -13,8 +13,8 @@ from llava.conversation import conv_templates
 from llava.mm_utils import expand2square, select_best_resolution
 from llava.tiny import CLIP_IMAGE_SIZE, IMAGE_GRID_PINPOINTS
 from llava.train.arguments import DataArguments
-from llava.train.data import DataCollatorForSupervisedDataset, LazySupervisedDataset, make_supervised_data_module
-from llava.train.preprocess import preprocess, preprocess_multimodal
+from llava.data.dataset import DataCollatorForSupervisedDataset, LazySupervisedDataset, make_supervised_data_module
+from llava.data.preprocess import preprocess, preprocess_multimodal
 
 
 @pytest.fixture
@@ -175,7 +175,7 @@ def test_samples_without_a_reply_are_reported_once(tiny, tokenizer, tiny_image_p
         {"id": "empty-reply", "conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": ""}]},
         {"id": "fine", "conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello"}]},
     ]
-    with caplog.at_level("WARNING", logger="llava.train.data"):
+    with caplog.at_level("WARNING", logger="llava.data.dataset"):
         path = write_records(tmp_path / "d.json", records)
         dataset = make_dataset(tiny, tokenizer, tiny_image_processor, data_path=path)
     assert [record.getMessage() for record in caplog.records if record.levelname == "WARNING"] == [

@@ -1,5 +1,5 @@
 """What a DeepSpeed job leaves behind on a machine - a stale JIT build lock, `/dev/shm` segments - is cleaned up,
-and a job that hangs is stopped with its stacks in the error (llava.train.ds_hygiene, llava.launch)."""
+and a job that hangs is stopped with its stacks in the error (llava.distributed.hygiene, llava.launch)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import pytest
 
 from launch import DIST_SCRIPTS, TESTS_DIR
 from llava import launch
-from llava.train import ds_hygiene
+from llava.distributed import hygiene
 
 # A real torch FileBaton, taken by a child process that then either dies holding it or keeps holding it.
 TAKE_BATON = """
@@ -46,7 +46,7 @@ def test_lock_of_a_killed_holder_is_removed(tmp_path):
     assert child.wait(timeout=60) == -signal.SIGKILL
     assert lock.exists()  # what torch leaves: every later load of the op would wait for ever
 
-    assert ds_hygiene.remove_stale_build_locks(tmp_path, recheck_after_s=0.1) == [lock]
+    assert hygiene.remove_stale_build_locks(tmp_path, recheck_after_s=0.1) == [lock]
     assert not lock.exists()
 
 
@@ -54,38 +54,38 @@ def test_lock_that_is_held_stays(tmp_path):
     lock = _lock_path(tmp_path)
     child = _take_baton(lock, "hold")
     try:
-        assert ds_hygiene.remove_stale_build_locks(tmp_path, recheck_after_s=0.1) == []
+        assert hygiene.remove_stale_build_locks(tmp_path, recheck_after_s=0.1) == []
         assert lock.exists()
     finally:
         child.kill()
         child.wait(timeout=60)
-    assert ds_hygiene.remove_stale_build_locks(tmp_path, recheck_after_s=0.1) == [lock]
+    assert hygiene.remove_stale_build_locks(tmp_path, recheck_after_s=0.1) == [lock]
 
 
 def test_no_locks_no_wait(tmp_path):
     _lock_path(tmp_path)  # a build directory without a lock
     started = time.monotonic()
-    assert ds_hygiene.remove_stale_build_locks(tmp_path, recheck_after_s=5) == []
+    assert hygiene.remove_stale_build_locks(tmp_path, recheck_after_s=5) == []
     assert time.monotonic() - started < 1
 
 
 def test_torch_extensions_root_follows_the_environment(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
-    assert ds_hygiene.torch_extensions_root() == tmp_path
+    assert hygiene.torch_extensions_root() == tmp_path
 
 
 def test_unlink_shm_segments_by_job_and_rank():
     uid, port, other_port = os.getuid(), 1, 2  # ports no real job can have
-    names = [f"{ds_hygiene.SHM_PREFIX}_{uid}_127.0.0.1_{p}_{rank}" for p in (port, other_port) for rank in (0, 1, 11)]
-    paths = [ds_hygiene.SHM_DIR / name for name in names]
+    names = [f"{hygiene.SHM_PREFIX}_{uid}_127.0.0.1_{p}_{rank}" for p in (port, other_port) for rank in (0, 1, 11)]
+    paths = [hygiene.SHM_DIR / name for name in names]
     try:
         for path in paths:
             path.write_bytes(b"x")
-        assert ds_hygiene.unlink_shm_segments(port, "127.0.0.1", rank=1) == 1
+        assert hygiene.unlink_shm_segments(port, "127.0.0.1", rank=1) == 1
         assert [path.exists() for path in paths] == [True, False, True, True, True, True]
-        assert ds_hygiene.shm_segments(port) == [paths[0], paths[2]]
-        assert ds_hygiene.unlink_shm_segments(port) == 2
-        assert ds_hygiene.shm_segments(other_port) == paths[3:]
+        assert hygiene.shm_segments(port) == [paths[0], paths[2]]
+        assert hygiene.unlink_shm_segments(port) == 2
+        assert hygiene.shm_segments(other_port) == paths[3:]
     finally:
         for path in paths:
             path.unlink(missing_ok=True)
@@ -104,12 +104,12 @@ def test_a_hung_job_is_stopped_with_stacks_and_leaves_no_segments():
     # so their lines interleave; each name is one write)
     assert "Fatal Python error: Aborted" in message
     assert message.count("wait_forever") == 2, message
-    assert ds_hygiene.shm_segments(port) == []
+    assert hygiene.shm_segments(port) == []
 
 
 def test_orphaned_segments_go_mapped_and_young_ones_stay(tmp_path):
     uid = os.getuid()
-    orphan, young, mapped = (ds_hygiene.SHM_DIR / f"{ds_hygiene.SHM_PREFIX}_{uid}_127.0.0.1_{port}_0" for port in (3, 4, 5))
+    orphan, young, mapped = (hygiene.SHM_DIR / f"{hygiene.SHM_PREFIX}_{uid}_127.0.0.1_{port}_0" for port in (3, 4, 5))
     old = time.time() - 3600
     holder = None
     try:
@@ -125,7 +125,7 @@ def test_orphaned_segments_go_mapped_and_young_ones_stay(tmp_path):
         )  # fmt: skip
         assert holder.stdout.readline() == "mapped\n"
 
-        assert orphan in ds_hygiene.remove_orphaned_shm_segments()
+        assert orphan in hygiene.remove_orphaned_shm_segments()
         assert not orphan.exists() and young.exists() and mapped.exists()
     finally:
         if holder is not None:

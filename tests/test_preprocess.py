@@ -10,7 +10,7 @@ import torch
 from llava.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
 from llava.conversation import SeparatorStyle, conv_templates, default_conversation
 from llava.train.arguments import DataArguments
-from llava.train.preprocess import (
+from llava.data.preprocess import (
     preprocess,
     preprocess_llama_2,
     preprocess_mpt,

@@ -1,4 +1,4 @@
-"""ZeRO-3 gather helpers (`llava.train.zero3`) and CPU DeepSpeed setup (`llava.train.distributed`).
+"""ZeRO-3 gather helpers (`llava.distributed.zero3`) and CPU DeepSpeed setup (`llava.distributed.state`).
 
 Single-process tests run in this process on a tiny PEFT LoRA Llama. Multi-process tests launch the
 real `deepspeed` launcher with two CPU workers (gloo) running scripts from tests/dist_scripts.
@@ -20,8 +20,8 @@ from safetensors.torch import load_file
 
 from dist_scripts.tiny_peft import LORA_TARGETS, NUM_LAYERS, add_lora_and_projector, save_tiny_llama
 from launch import DIST_SCRIPTS, REPO_ROOT, TESTS_DIR, launch_deepspeed
-from llava.train import distributed
-from llava.train.zero3 import (
+from llava.distributed import state as distributed
+from llava.distributed.zero3 import (
     gather_to_cpu,
     get_mm_adapter_state_maybe_zero_3,
     get_peft_state_maybe_zero_3,
@@ -143,7 +143,7 @@ def test_maybe_zero_3_copies_plain_tensor() -> None:
 def test_no_deepspeed_import_without_zero3() -> None:
     code = (
         "import sys, torch\n"
-        "from llava.train.zero3 import get_peft_state_non_lora_maybe_zero_3\n"
+        "from llava.distributed.zero3 import get_peft_state_non_lora_maybe_zero_3\n"
         "state = get_peft_state_non_lora_maybe_zero_3(torch.nn.Linear(2, 3).named_parameters())\n"
         "assert sorted(state) == ['bias', 'weight'], state\n"
         "assert 'deepspeed' not in sys.modules\n"

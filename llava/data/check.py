@@ -76,7 +76,7 @@ def _init_worker(model_name_or_path: str, version: str, model_max_length: int, i
     from transformers import AutoTokenizer
 
     from llava.conversation import get_conv_template
-    from llava.train.arguments import template_name
+    from llava.conversation import template_name
 
     tokenizer = AutoTokenizer.from_pretrained(model_name_or_path, model_max_length=model_max_length)
     if tokenizer.pad_token is None:
@@ -93,7 +93,7 @@ def _label_counts(chunk: Sequence[tuple[int, dict]]) -> list[tuple[int, int, int
     """(index, tokens in the model's sequence, supervised tokens, supervised tokens within model_max_length)."""
     from types import SimpleNamespace
 
-    from llava.train.preprocess import preprocess, preprocess_multimodal
+    from llava.data.preprocess import preprocess, preprocess_multimodal
 
     tokenizer, conv = _worker["tokenizer"], _worker["conv"]
     max_length, image_tokens = _worker["max_length"], _worker["image_tokens"]
@@ -158,8 +158,8 @@ def image_tokens_per_image(model_name_or_path: str | None, vision_tower: str | N
 
 def run_check(args: argparse.Namespace) -> tuple[Report, Statistics, dict]:
     from llava.conversation import get_conv_template
-    from llava.train.arguments import template_name
-    from llava.train.data import load_records
+    from llava.conversation import template_name
+    from llava.data.records import load_records
 
     progress = _progress_factory(args.json)
     records = load_records(args.data_path)

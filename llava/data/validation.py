@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 from llava.constants import DEFAULT_IMAGE_TOKEN
 from llava.conversation import Conversation
-from llava.train.preprocess import GPT, HUMAN, validate_conversation
+from llava.data.preprocess import GPT, HUMAN, validate_conversation
 
 # How many problems an exception message lists before summarising the rest.
 MAX_LISTED_PROBLEMS = 10

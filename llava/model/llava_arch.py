@@ -30,6 +30,7 @@ from llava.constants import (
     IGNORE_INDEX,
     IMAGE_TOKEN_INDEX,
 )
+from llava.distributed.zero3 import gathered_for_modification
 from llava.mm_utils import get_anyres_image_grid_shape
 
 from .multimodal_encoder.builder import build_vision_tower
@@ -38,13 +39,6 @@ from .multimodal_projector.builder import build_vision_projector
 logger = logging.getLogger(__name__)
 
 PROJECTOR_KEY = "mm_projector."
-
-
-def _zero3_modifiable(params):
-    """A context in which ZeRO-3 partitioned ``params`` are whole and rank 0's changes are kept (no-op otherwise)."""
-    from llava.train.zero3 import gathered_for_modification
-
-    return gathered_for_modification(params)
 
 
 class LlavaMetaModel:
@@ -113,7 +107,7 @@ class LlavaMetaModel:
                 f"{path} holds no projector weights (no key contains {PROJECTOR_KEY!r}); pass the mm_projector.bin "
                 "written by a projector-pretraining run (--tune_mm_mlp_adapter True)."
             )
-        with _zero3_modifiable(list(self.mm_projector.parameters())):
+        with gathered_for_modification(list(self.mm_projector.parameters())):
             try:
                 self.mm_projector.load_state_dict(weights)
             except RuntimeError as error:
@@ -327,7 +321,7 @@ class LlavaMetaForCausalLM(ABC):
             input_embeddings = self.get_input_embeddings().weight
             output_embeddings = self.get_output_embeddings().weight
             if added > 0:
-                with _zero3_modifiable([input_embeddings, output_embeddings]), torch.no_grad():
+                with gathered_for_modification([input_embeddings, output_embeddings]), torch.no_grad():
                     # New tokens start at the mean of the existing ones.
                     input_embeddings[-added:] = input_embeddings[:-added].mean(dim=0, keepdim=True)
                     output_embeddings[-added:] = output_embeddings[:-added].mean(dim=0, keepdim=True)
@@ -352,7 +346,7 @@ class LlavaMetaForCausalLM(ABC):
         if added != 2:
             raise ValueError(f"expected 2 new image start/end tokens in the tokenizer, {added} were added")
         embeddings = self.get_input_embeddings().weight
-        with _zero3_modifiable([embeddings]), torch.no_grad():
+        with gathered_for_modification([embeddings]), torch.no_grad():
             if pretrained.shape == embeddings.shape:
                 embeddings[-added:] = pretrained[-added:]
             elif pretrained.shape[0] == added:

@@ -22,20 +22,17 @@ from typing import Literal, Optional, Sequence, get_args
 import torch
 import transformers
 
+from llava.distributed.zero3 import LoraBias
+
 logger = logging.getLogger(__name__)
 
 ImageAspectRatio = Literal["square", "pad", "anyres"]
-LoraBias = Literal["none", "all", "lora_only"]
 QuantBits = Literal[4, 8, 16]
 QuantType = Literal["fp4", "nf4"]
 VisionSelectFeature = Literal["patch", "cls_patch"]
 PatchMergeType = Literal["flat", "spatial", "spatial_unpad"]
 # Projector names understood by llava.model.multimodal_projector.builder.build_vision_projector.
 PROJECTOR_TYPE_PATTERN = re.compile(r"linear|identity|mlp(\d+)x_gelu")
-# --version values that upstream's train() handles specially and trains with its default template, vicuna_v1
-# ("v0" is also a template key, but train() never uses that template).
-DEFAULT_TEMPLATE = "vicuna_v1"
-VERSIONS_WITH_DEFAULT_TEMPLATE = ("v0", "v0.5")
 
 @dataclass
 class ModelArguments:
@@ -183,7 +180,7 @@ class TrainingArguments(transformers.TrainingArguments):
         DeepSpeed's batch-size check; a DeepSpeed `PartialState` created before this object's devices are set up,
         and `use_configured_state`, make transformers use it.
         """
-        from llava.train.distributed import init_distributed_state
+        from llava.distributed.state import init_distributed_state
 
         extra = init_distributed_state(self.deepspeed)
         if not extra:
@@ -246,7 +243,7 @@ def _not_one_of(flag: str, value, choices: tuple) -> Optional[str]:
 
 
 def _check_choices(model_args: ModelArguments, data_args: DataArguments, training_args: TrainingArguments) -> list[str]:
-    from llava.conversation import conv_templates
+    from llava.conversation import VERSIONS_WITH_DEFAULT_TEMPLATE, conv_templates
 
     problems = [
         _not_one_of("--bits", training_args.bits, get_args(QuantBits)),
@@ -347,11 +344,6 @@ def _missing_packages(training_args: TrainingArguments) -> list[str]:
         for package, flag in needs
         if importlib.util.find_spec(package) is None
     ]
-
-
-def template_name(version: str) -> str:
-    """The conversation template `--version` trains with: `v0` and `v0.5` use vicuna_v1 as upstream (SPEC 4.4)."""
-    return DEFAULT_TEMPLATE if version in VERSIONS_WITH_DEFAULT_TEMPLATE else version
 
 
 def parse_grid_pinpoints(text: str) -> Optional[list[list[int]]]:

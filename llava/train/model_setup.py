@@ -16,16 +16,15 @@ import transformers
 from torch import nn
 
 from llava.constants import QUANTIZATION_SKIP_MODULES
-from llava.conversation import Conversation, get_conv_template
+from llava.conversation import Conversation, get_conv_template, template_name
 from llava.train.arguments import (
     DataArguments,
     ModelArguments,
     TrainingArguments,
     parse_grid_pinpoints,
-    template_name,
 )
-from llava.train.distributed import is_zero3_enabled
-from llava.train.zero3 import disable_4bit_cpu_repacking, gathered_for_modification
+from llava.distributed.state import is_zero3_enabled
+from llava.distributed.zero3 import disable_4bit_cpu_repacking, gathered_for_modification
 
 logger = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ LoRA (`--lora_enable True`), in `output_dir` and in every `checkpoint-N/` (SPEC 
 Projector pretraining (`--tune_mm_mlp_adapter True`): `mm_projector.bin` + `config.json`.
 Full fine-tune: transformers' own `save_pretrained` directory (handled by `Trainer`).
 
-Tensors come from the ZeRO-3 helpers in `llava.train.zero3` (one gather path for everything): every rank calls
+Tensors come from the ZeRO-3 helpers in `llava.distributed.zero3` (one gather path for everything): every rank calls
 the `save_*` functions, only the main process writes.
 """
 
@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from llava.model.state_files import load_state_file
-from llava.train.zero3 import (
+from llava.distributed.zero3 import (
     get_mm_adapter_state_maybe_zero_3,
     get_peft_state_maybe_zero_3,
     get_peft_state_non_lora_maybe_zero_3,

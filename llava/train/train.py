@@ -13,16 +13,16 @@ from typing import Optional, Sequence
 
 import transformers
 
-from llava.conversation import get_conv_template
+from llava.conversation import get_conv_template, template_name
 from llava.data.validation import validate_for_training
-from llava.train.arguments import DataArguments, ModelArguments, TrainingArguments, parse_args, template_name
-from llava.train.data import (
+from llava.train.arguments import DataArguments, ModelArguments, TrainingArguments, parse_args
+from llava.data.dataset import (
     DataCollatorForSupervisedDataset,
     LazySupervisedDataset,
-    load_records,
     make_supervised_data_module,
 )
-from llava.train.distributed import is_main_process
+from llava.data.records import load_records
+from llava.distributed.state import is_main_process
 from llava.train.llava_trainer import LLaVATrainer
 from llava.train.lora import add_lora, cast_kbit_modules, enable_input_grads, find_all_linear_names
 from llava.train.lora import prepare_for_kbit_training
@@ -33,7 +33,7 @@ from llava.train.model_setup import (
     setup_vision_modules,
     smart_tokenizer_and_embedding_resize,
 )
-from llava.train.preprocess import (
+from llava.data.preprocess import (
     preprocess,
     preprocess_llama_2,
     preprocess_mpt,
@@ -42,7 +42,7 @@ from llava.train.preprocess import (
     preprocess_v1,
 )
 from llava.train.saving import safe_save_model_for_hf_trainer
-from llava.train.zero3 import (
+from llava.distributed.zero3 import (
     get_mm_adapter_state_maybe_zero_3,
     get_peft_state_maybe_zero_3,
     get_peft_state_non_lora_maybe_zero_3,

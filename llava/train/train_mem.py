@@ -11,7 +11,7 @@ import logging
 
 import torch
 
-from llava.train.distributed import is_main_process
+from llava.distributed.state import is_main_process
 from llava.train.train import train
 
 logger = logging.getLogger(__name__)

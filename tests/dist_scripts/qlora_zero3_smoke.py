@@ -21,8 +21,8 @@ import transformers
 from peft import prepare_model_for_kbit_training
 
 from dist_scripts.tiny_peft import RandomTokens, add_lora_and_projector
-from llava.train.distributed import get_rank, init_distributed_state
-from llava.train.zero3 import disable_4bit_cpu_repacking, gather_to_cpu, get_peft_state_maybe_zero_3
+from llava.distributed.state import get_rank, init_distributed_state
+from llava.distributed.zero3 import disable_4bit_cpu_repacking, gather_to_cpu, get_peft_state_maybe_zero_3
 
 ZERO3_CONFIG = {
     "bf16": {"enabled": "auto"},

@@ -16,7 +16,7 @@ from accelerate import PartialState
 from accelerate.utils import DistributedType
 
 from dist_scripts.tiny_peft import RandomTokens, add_lora_and_projector
-from llava.train.distributed import get_rank, get_world_size, init_distributed_state, is_main_process, is_zero3_enabled
+from llava.distributed.state import get_rank, get_world_size, init_distributed_state, is_main_process, is_zero3_enabled
 
 ZERO3_CONFIG = {
     "train_micro_batch_size_per_gpu": "auto",

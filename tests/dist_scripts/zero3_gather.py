@@ -19,9 +19,9 @@ import transformers
 from deepspeed.runtime.zero.partition_parameters import ZeroParamStatus
 
 from dist_scripts.tiny_peft import RandomTokens, add_lora_and_projector
-from llava.train import ds_hygiene
-from llava.train.distributed import get_rank, init_distributed_state, is_zero3_enabled
-from llava.train.zero3 import (
+from llava.distributed import hygiene
+from llava.distributed.state import get_rank, init_distributed_state, is_zero3_enabled
+from llava.distributed.zero3 import (
     get_mm_adapter_state_maybe_zero_3,
     get_peft_state_maybe_zero_3,
     get_peft_state_non_lora_maybe_zero_3,
@@ -135,7 +135,7 @@ def main() -> None:
     record = {"world_size": torch.distributed.get_world_size(), "layout_loaded": partition_layout(peft_model)}
     # DeepSpeed's CPU op mapped a shared-memory segment per rank; init_distributed_state unlinked them.
     record["shm_op_loaded"] = deepspeed.comm.comm.cdb.shm_comm_op is not None
-    record["shm_segments_left"] = [path.name for path in ds_hygiene.shm_segments(os.environ["MASTER_PORT"])]
+    record["shm_segments_left"] = [path.name for path in hygiene.shm_segments(os.environ["MASTER_PORT"])]
     # Base weights are partitioned by from_pretrained; LoRA and projector are still whole here.
     record["before"] = all_helper_states(peft_model)
     record["maybe_zero_3_embed"] = maybe_zero_3(

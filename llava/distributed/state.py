@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from llava.train import ds_hygiene
+from llava.distributed import hygiene
 
 logger = logging.getLogger(__name__)
 
@@ -61,7 +61,7 @@ def init_distributed_state(deepspeed_config: str | Mapping[str, Any] | None) -> 
     """
     if not deepspeed_config:
         return {}
-    ds_hygiene.remove_stale_build_locks()
+    hygiene.remove_stale_build_locks()
     if torch.cuda.is_available():
         return {}
 
@@ -81,7 +81,7 @@ def init_distributed_state(deepspeed_config: str | Mapping[str, Any] | None) -> 
         return copy.deepcopy(CPU_TRAINING_ARGS)
 
     _fill_single_process_env()
-    ds_hygiene.remove_orphaned_shm_segments()  # left by earlier jobs, ours or not
+    hygiene.remove_orphaned_shm_segments()  # left by earlier jobs, ours or not
     previous = os.environ.get("ACCELERATE_USE_DEEPSPEED")
     os.environ["ACCELERATE_USE_DEEPSPEED"] = "true"
     try:
@@ -105,14 +105,14 @@ def _release_shm_segments(rank: int) -> None:
     """Unlink this rank's DeepSpeed shared-memory segment once every rank has mapped every segment.
 
     DeepSpeed maps all ranks' segments while it initialises and never unlinks them; the barrier makes sure
-    all ranks are past that point, after which the names are no longer needed (see `ds_hygiene`).
+    all ranks are past that point, after which the names are no longer needed (see `llava.distributed.hygiene`).
     """
     port = os.environ.get("MASTER_PORT")
     if port is None:  # DeepSpeed names its segments after MASTER_PORT: without it, it made none
         return
     if torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
         torch.distributed.barrier()
-    ds_hygiene.unlink_shm_segments(port, os.environ.get("MASTER_ADDR"), rank=rank)
+    hygiene.unlink_shm_segments(port, os.environ.get("MASTER_ADDR"), rank=rank)
 
 
 def _fill_single_process_env() -> None:
@@ -124,14 +124,15 @@ def _fill_single_process_env() -> None:
         "LOCAL_RANK": "0",
         "WORLD_SIZE": "1",
         "MASTER_ADDR": _LOCALHOST,
-        "MASTER_PORT": str(_free_port()),
+        "MASTER_PORT": str(free_port()),
     }
     for key in _LAUNCHER_ENV:
         os.environ.setdefault(key, defaults[key])
     logger.info("No launcher environment found: running DeepSpeed as a single process")
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port that is free right now on localhost (for MASTER_PORT)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((_LOCALHOST, 0))
         return sock.getsockname()[1]

@@ -7,12 +7,10 @@ the rendered prompt and one image preprocess, no deep copies.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -25,36 +23,13 @@ from llava.constants import IGNORE_INDEX
 from llava.conversation import Conversation
 from llava.mm_utils import process_images
 from llava.data.validation import MAX_LISTED_PROBLEMS, Report, check_records, sample_id
-from llava.train.preprocess import GPT, preprocess, preprocess_multimodal
+from llava.data.preprocess import GPT, preprocess, preprocess_multimodal
+from llava.data.records import load_records
 
 logger = logging.getLogger(__name__)
 
 # Upstream's length heuristics for LengthGroupedSampler: words per conversation, plus this many for an image.
 IMAGE_LENGTH_BONUS = 128
-
-
-def load_records(data_path: str | os.PathLike) -> list[dict]:
-    """Read a JSON list of records, or JSON Lines (one record per line); raise naming the file and line."""
-    path = Path(data_path)
-    if not path.is_file():
-        raise FileNotFoundError(f"training data {str(path)!r} not found; check --data_path")
-    text = path.read_text(encoding="utf-8")
-    if text.lstrip().startswith("["):
-        try:
-            records = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path}: not valid JSON ({err})") from err
-    else:
-        records = []
-        for number, line in enumerate(text.splitlines(), start=1):
-            if line.strip():
-                try:
-                    records.append(json.loads(line))
-                except json.JSONDecodeError as err:
-                    raise ValueError(f"{path}, line {number}: not valid JSON Lines ({err})") from err
-    if not all(isinstance(record, dict) for record in records):
-        raise ValueError(f"{path}: every record must be an object with 'id', 'conversations' and optionally 'image'")
-    return records
 
 
 class LazySupervisedDataset(Dataset):
