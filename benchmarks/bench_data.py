@@ -1,5 +1,6 @@
 """Data pipeline: `LazySupervisedDataset` + collator against the floor of tokenising each conversation once with
-the fast tokenizer plus one image preprocess.
+the fast tokenizer plus decoding and transforming each image once (`llava.mm_utils.process_images`, `pad`: the
+transform the dataset uses, so the ratio is what the dataset adds around it).
 
 LLaVA-1.5-shaped data: the v1 template, 1-5 rounds, COCO-sized JPEGs padded (`image_aspect_ratio pad`) to a 336 px
 CLIP input. The tokenizer is the tiny offline Llama-2-style one (same algorithm as Llama-2's, smaller vocabulary).
@@ -50,14 +51,15 @@ def make_data(root: Path, size: str, seed: int = 0) -> tuple[Path, Path]:
 
 def run(size: str, tiny) -> list[Row]:
     from PIL import Image
-    from transformers import AutoTokenizer, CLIPImageProcessor
+    from transformers import AutoTokenizer, CLIPImageProcessorPil
 
     from llava.conversation import get_conv_template
     from llava.data.dataset import DataCollatorForSupervisedDataset, LazySupervisedDataset
+    from llava.mm_utils import process_images
 
     tokenizer = AutoTokenizer.from_pretrained(tiny.llm, model_max_length=2048)
     tokenizer.pad_token = tokenizer.unk_token
-    processor = CLIPImageProcessor(
+    processor = CLIPImageProcessorPil(
         size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336},
         image_mean=[0.48145466, 0.4578275, 0.40821073], image_std=[0.26862954, 0.26130258, 0.27577711],
     )  # fmt: skip
@@ -84,7 +86,7 @@ def run(size: str, tiny) -> list[Row]:
         def floor():
             for record, prompt in zip(records, prompts):
                 with Image.open(images / record["image"]) as image:
-                    processor(image.convert("RGB"), return_tensors="pt")
+                    process_images([image.convert("RGB")], processor, args)
                 tokenizer(prompt)
 
         repeat = 1 if size == "tiny" else 3

@@ -66,6 +66,6 @@ def tiny_tokenizer(tiny):
 
 @pytest.fixture
 def tiny_image_processor(tiny):
-    from transformers import CLIPImageProcessor
+    from transformers import CLIPImageProcessorPil
 
-    return CLIPImageProcessor.from_pretrained(tiny.vision_tower)
+    return CLIPImageProcessorPil.from_pretrained(tiny.vision_tower)

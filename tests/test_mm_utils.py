@@ -135,3 +135,129 @@ def test_keywords_stopping_criteria(tiny_tokenizer):
     text_stop = KeywordsStoppingCriteria(["###"], tiny_tokenizer, prompt)
     hashes = tiny_tokenizer("###", add_special_tokens=False).input_ids
     assert text_stop(torch.cat([prompt, torch.tensor([word + hashes])], dim=1), None)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The fast CLIP transform gives the processor's pixels
+
+
+def _reference_pixels(image, processor, cfg) -> torch.Tensor:
+    """What upstream's process_images computes: the processor itself on each (padded / tiled) image."""
+    if cfg.image_aspect_ratio == "pad":
+        color = tuple(int(value * 255) for value in processor.image_mean)
+        return processor.preprocess([expand2square(image, color)], return_tensors="pt")["pixel_values"]
+    if cfg.image_aspect_ratio == "anyres":
+        best = select_best_resolution(image.size, cfg.image_grid_pinpoints)
+        tiles = divide_to_patches(resize_and_pad_image(image, best), processor.crop_size["height"])
+        side = processor.size["shortest_edge"]
+        views = [image.resize((side, side)), *tiles]
+        return processor.preprocess(views, return_tensors="pt")["pixel_values"][None]
+    return processor.preprocess([image], return_tensors="pt")["pixel_values"]
+
+
+def _level_difference(ours: torch.Tensor, theirs: torch.Tensor, processor) -> float:
+    """Largest difference in 8-bit levels before normalisation (1.0 = 1/255)."""
+    std = torch.tensor(processor.image_std).view(3, 1, 1)
+    return ((ours - theirs).abs() * std * 255).max().item()
+
+
+@pytest.fixture
+def no_processor_calls(tiny_image_processor, monkeypatch):
+    """The processor's own preprocess must not run: the fast path has to be the one measured."""
+
+    def fail(*args, **kwargs):
+        raise AssertionError("the processor's preprocess ran: the fast transform was not used")
+
+    monkeypatch.setattr(tiny_image_processor, "preprocess", fail)
+    monkeypatch.setattr(tiny_image_processor, "__call__", fail)
+    return tiny_image_processor
+
+
+@pytest.mark.parametrize("aspect", ["square", "pad", "anyres"])
+def test_fast_transform_matches_the_processor_on_every_tiny_image(tiny, tiny_image_processor, aspect, monkeypatch):
+    import json
+
+    from llava.tiny import IMAGE_GRID_PINPOINTS
+
+    cfg = types.SimpleNamespace(image_aspect_ratio=aspect, image_grid_pinpoints=IMAGE_GRID_PINPOINTS)
+    records = [record for record in json.loads(tiny.data.read_text()) if "image" in record]
+    seen, worst = set(), 0.0
+    for record in records:
+        with Image.open(tiny.image_folder / record["image"]) as image:
+            image.load()
+        seen.add((image.mode, image.format, (image.width > image.height) - (image.width < image.height)))
+        expected = _reference_pixels(image, tiny_image_processor, cfg)
+        with monkeypatch.context() as patch:
+            patch.setattr(tiny_image_processor, "preprocess", lambda *a, **k: pytest.fail("processor ran"))
+            ours = process_images([image], tiny_image_processor, cfg)
+        assert ours.shape == expected.shape and ours.dtype == torch.float32, record["id"]
+        worst = max(worst, _level_difference(ours, expected, tiny_image_processor))
+    # Every mode, both formats, wide, tall and square images went through.
+    assert {mode for mode, _, _ in seen} == {"RGB", "L", "RGBA", "P"}
+    assert {fmt for _, fmt, _ in seen} == {"PNG", "JPEG"} and {shape for _, _, shape in seen} == {-1, 0, 1}
+    assert worst <= 1.0 + 1e-3, worst
+
+
+def _photo_like_jpeg(width: int, height: int, seed: int) -> Image.Image:
+    """Smooth structure, hard edges and sensor-like noise, JPEG-compressed: what a COCO photo exercises."""
+    import io
+
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:height, 0:width]
+    base = np.stack([128 + 100 * np.sin(xx / 17.0 + c) * np.cos(yy / 23.0 - c) for c in range(3)], -1)
+    base[(xx // 60 + yy // 45) % 3 == 0] *= 0.4
+    base += rng.normal(0, 12, base.shape)
+    buffer = io.BytesIO()
+    Image.fromarray(np.clip(base, 0, 255).astype(np.uint8)).save(buffer, "JPEG", quality=90)
+    return Image.open(io.BytesIO(buffer.getvalue())).convert("RGB")
+
+
+@pytest.mark.parametrize("size", [(640, 480), (480, 640), (500, 375), (336, 336), (200, 150)])
+def test_fast_transform_matches_clip_l_336_on_photos(size):
+    from transformers import CLIPImageProcessorPil
+
+    from llava.tiny import CLIP_MEAN, CLIP_STD
+
+    processor = CLIPImageProcessorPil(
+        size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336}, image_mean=CLIP_MEAN, image_std=CLIP_STD
+    )
+    image = _photo_like_jpeg(*size, seed=sum(size))
+    for aspect in ("square", "pad"):
+        cfg = types.SimpleNamespace(image_aspect_ratio=aspect)
+        expected = _reference_pixels(image, processor, cfg)
+        ours = process_images([image], processor, cfg)
+        assert ours.shape == expected.shape == (1, 3, 336, 336)
+        assert _level_difference(ours, expected, processor) <= 1.0 + 1e-3, aspect
+        # Same values almost everywhere: one level off only where PIL's sum sits on a rounding boundary.
+        assert (ours - expected).abs().gt(1e-4).float().mean() < 0.01
+
+
+def test_processors_the_fast_path_does_not_model_run_as_themselves(tiny_image_processor):
+    from transformers import CLIPImageProcessorPil
+
+    image = _photo_like_jpeg(64, 48, seed=1)
+    settings = tiny_image_processor.to_dict()
+    settings.pop("image_processor_type", None)
+    lanczos = CLIPImageProcessorPil(**{**settings, "resample": Image.Resampling.LANCZOS})
+    cfg = types.SimpleNamespace(image_aspect_ratio="square")
+    assert torch.equal(process_images([image], lanczos, cfg), _reference_pixels(image, lanczos, cfg))
+
+
+def test_vision_tower_loads_the_pil_processor_without_the_torchvision_warning(tiny):
+    import subprocess
+    import sys
+
+    code = (
+        "import types, sys\n"
+        "from transformers import CLIPImageProcessorPil\n"
+        "from llava.model.multimodal_encoder.clip_encoder import CLIPVisionTower\n"
+        "tower = CLIPVisionTower(sys.argv[1], types.SimpleNamespace(mm_vision_select_layer=-2))\n"
+        "assert type(tower.image_processor) is CLIPImageProcessorPil, type(tower.image_processor)\n"
+        "assert tower.image_processor.crop_size['height'] == 32\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code, str(tiny.vision_tower)], check=False, capture_output=True,
+                            text=True, timeout=120)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "torchvision" not in result.stderr, result.stderr[-2000:]
