@@ -35,7 +35,7 @@ from train_helpers import (
     write_caption_data,
 )
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.dist]
 
 NUM_PROCESSES = 2
 DEEPSPEED_RESUME_FILES = {

@@ -100,6 +100,13 @@ class DataArguments:
         default=None,
         metadata={"help": "For anyres: candidate resolutions as a list literal, e.g. '[[336,672],[672,336],[672,672]]'."},
     )
+    skip_invalid_samples: bool = field(
+        default=False,
+        metadata={
+            "help": "Drop the samples the data checks reject (each is logged with its id and reason) instead of "
+            "stopping; a run where every sample would be dropped still stops."
+        },
+    )
 
 
 @dataclass

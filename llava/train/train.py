@@ -139,7 +139,8 @@ def _seed(training_args: TrainingArguments) -> None:
 
 def _check_data(model_args: ModelArguments, data_args: DataArguments) -> list[dict]:
     """Read the data and check every sample cheaply (structure, roles, image placeholders, image files exist)
-    before anything heavy loads; a problem stops the run with the data checker's message (upstream #677, #732)."""
+    before anything heavy loads; a problem stops the run with the data checker's message (upstream #677, #732), or
+    with `--skip_invalid_samples` drops the sample (logging it)."""
     records = load_records(data_args.data_path)
     report = validate_for_training(
         records,
@@ -148,6 +149,8 @@ def _check_data(model_args: ModelArguments, data_args: DataArguments) -> list[di
         conv=get_conv_template(template_name(model_args.version)),
         is_multimodal=model_args.vision_tower is not None,
     )
+    if data_args.skip_invalid_samples:
+        return report.drop_invalid(records, logger)
     report.enforce(logger)
     return records
 
