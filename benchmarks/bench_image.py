@@ -13,7 +13,6 @@ import io
 from types import SimpleNamespace
 
 import numpy as np
-
 from common import Row, paired_seconds
 
 IMAGES = {"tiny": 4, "quick": 16, "full": 64}
@@ -55,7 +54,9 @@ def run(size: str) -> list[Row]:
         return [process_images([image], processor, cfg) for image in images]
 
     def theirs():
-        return [processor.preprocess([expand2square(image, color)], return_tensors="pt")["pixel_values"] for image in images]
+        return [
+            processor.preprocess([expand2square(image, color)], return_tensors="pt")["pixel_values"] for image in images
+        ]
 
     repeat = 2 if size == "tiny" else 5
     # One thread, as in a DataLoader worker (PyTorch sets 1 there; PIL's resize is single-threaded anyway).

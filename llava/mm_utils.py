@@ -66,7 +66,9 @@ def resize_and_pad_image(image: Image.Image, target_resolution: Resolution) -> I
     else:
         new_width, new_height = min(math.ceil(original_width * scale_h), target_width), target_height
     canvas = Image.new("RGB", (target_width, target_height), (0, 0, 0))
-    canvas.paste(image.resize((new_width, new_height)), ((target_width - new_width) // 2, (target_height - new_height) // 2))
+    canvas.paste(
+        image.resize((new_width, new_height)), ((target_width - new_width) // 2, (target_height - new_height) // 2)
+    )
     return canvas
 
 

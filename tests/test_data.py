@@ -94,13 +94,13 @@ def test_image_modes_are_converted_to_rgb(tiny, tokenizer, tiny_image_processor,
     for mode, index in modes.items():
         with Image.open(tiny.image_folder / records[index]["image"]) as image:
             expected = tiny_image_processor.preprocess(image.convert("RGB"), return_tensors="pt")["pixel_values"][0]
-        assert_same_pixels(dataset[index]["image"], expected, tiny_image_processor)
+        assert_same_pixels(dataset[index]["image"], expected, tiny_image_processor, what=f"a {mode} image")
 
 
-def assert_same_pixels(ours, theirs, processor) -> None:
+def assert_same_pixels(ours, theirs, processor, what: str = "the image") -> None:
     """The processor's pixels within one 8-bit level (llava.mm_utils' fast transform; see its notes)."""
     level = 1 / 255 / min(processor.image_std)
-    torch.testing.assert_close(ours, theirs, rtol=0, atol=level * 1.001)
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=level * 1.001, msg=lambda text: f"{what}: {text}")
 
 
 def _wide_sample(records, folder) -> int:

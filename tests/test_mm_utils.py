@@ -102,9 +102,7 @@ def test_process_images_square_pad_anyres(tiny_image_processor):
     assert isinstance(anyres, torch.Tensor) and anyres.shape == (2, 3, 3, 32, 32)
     direct = process_anyres_image(wide, tiny_image_processor, cfg.image_grid_pinpoints)
     assert torch.equal(direct, anyres[0])
-    mixed = process_images(
-        [wide, Image.new("RGB", (64, 64))], tiny_image_processor, cfg
-    )
+    mixed = process_images([wide, Image.new("RGB", (64, 64))], tiny_image_processor, cfg)
     assert isinstance(mixed, list) and [t.shape[0] for t in mixed] == [3, 5]
 
 
