@@ -19,7 +19,7 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
 from llava import conversation as conversation_lib
-from llava.constants import IGNORE_INDEX
+from llava.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
 from llava.conversation import Conversation
 from llava.mm_utils import process_images
 from llava.data.validation import Report, check_records, sample_id
@@ -30,6 +30,8 @@ logger = logging.getLogger(__name__)
 
 # Upstream's length heuristics for LengthGroupedSampler: words per conversation, plus this many for an image.
 IMAGE_LENGTH_BONUS = 128
+# The packed batch's counts for the trainer's log (see DataCollatorForSupervisedDataset.pack); not a model input.
+PACKING_STATS_KEY = "packing_stats"
 
 
 class LazySupervisedDataset(Dataset):
@@ -170,14 +172,23 @@ class LazySupervisedDataset(Dataset):
 
 @dataclass
 class DataCollatorForSupervisedDataset:
-    """Pad and truncate a list of samples into a batch (upstream's collator, plus ``image_sizes`` for anyres)."""
+    """Pad and truncate a list of samples into a batch (upstream's collator, plus ``image_sizes`` for anyres).
+
+    With ``packing`` (``--packing``) the samples are packed instead, see :meth:`pack`; ``image_feature_length`` is
+    then the number of features the model splices in per image token (the vision tower's patches, 576 for CLIP
+    ViT-L/14-336), so that rows are filled by their length as the language model sees them.
+    """
 
     tokenizer: Any
+    packing: bool = False
+    image_feature_length: int | None = None
 
     def __call__(self, instances: Sequence[dict]) -> dict[str, Any]:
         pad_id = self.tokenizer.pad_token_id
         if pad_id is None:
             raise ValueError("the tokenizer has no pad token; set tokenizer.pad_token (LLaVA uses the unk token)")
+        if self.packing:
+            return self.pack(instances, pad_id)
         limit = self.tokenizer.model_max_length
         input_ids = torch.nn.utils.rnn.pad_sequence(
             [instance["input_ids"] for instance in instances], batch_first=True, padding_value=pad_id
@@ -198,12 +209,83 @@ class DataCollatorForSupervisedDataset:
             batch["image_sizes"] = [instance["image_size"] for instance in instances]
         return batch
 
+    def pack(self, instances: Sequence[dict], pad_id: int) -> dict[str, Any]:
+        """Padding-free batch: the samples go into rows of at most ``tokenizer.model_max_length`` tokens, counted
+        after image features are spliced in (first fit, longest first), one after the other.
 
-def make_supervised_data_module(tokenizer, data_args, **dataset_kwargs) -> dict:
-    """Dataset and collator for supervised fine-tuning; ``dataset_kwargs`` go to :class:`LazySupervisedDataset`."""
+        As transformers' ``DataCollatorWithFlattening``: ``position_ids`` restart at 0 for every sample and there is
+        no ``attention_mask``, which is how transformers recognises packed rows and keeps attention inside each
+        sample; the first label of each sample is ignored, so no sample is predicted from the one before it. Rows
+        shorter than the longest are padded with position -1 (the model's splice drops that). ``images`` holds the
+        images of the samples with an image token in row order, then the placeholder images of text-only samples
+        (the vision tower still runs on them, which keeps ZeRO-3's gathers in step across ranks).
+
+        ``packing_stats`` (for the trainer's log, not the model): real tokens after the splice, positions the rows
+        take after the splice, real text tokens, samples with no supervised token.
+        """
+        limit = self.tokenizer.model_max_length
+        input_ids = [instance["input_ids"][:limit] for instance in instances]
+        labels = [instance["labels"][:limit] for instance in instances]
+        image_tokens = [int((ids == IMAGE_TOKEN_INDEX).sum()) for ids in input_ids]
+        if any(image_tokens) and self.image_feature_length is None:
+            raise ValueError("packing samples with images needs image_feature_length (features per image token)")
+        per_image = (self.image_feature_length or 1) - 1
+        lengths = [min(len(ids) + count * per_image, limit) for ids, count in zip(input_ids, image_tokens)]
+        rows = _first_fit_decreasing(lengths, limit)
+
+        width = max(sum(len(input_ids[i]) for i in row) for row in rows)
+        batch_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+        batch_labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
+        positions = torch.full((len(rows), width), -1, dtype=torch.long)
+        for r, row in enumerate(rows):
+            offset = 0
+            for i in row:
+                n = len(input_ids[i])
+                batch_ids[r, offset : offset + n] = input_ids[i]
+                batch_labels[r, offset + 1 : offset + n] = labels[i][1:]
+                positions[r, offset : offset + n] = torch.arange(n)
+                offset += n
+        batch: dict[str, Any] = dict(input_ids=batch_ids, labels=batch_labels, position_ids=positions)
+        if "image_size" in instances[0]:
+            raise ValueError("--packing does not support anyres images (their feature count varies per image)")
+        if "image" in instances[0]:
+            order = [i for row in rows for i in row]
+            images = [instances[i]["image"] for i in order if image_tokens[i]]
+            images += [instances[i]["image"] for i in order if not image_tokens[i]]
+            batch["images"] = torch.stack(images)
+        row_lengths = [sum(lengths[i] for i in row) for row in rows]
+        unsupervised = sum(1 for label in labels if not bool((label[1:] != IGNORE_INDEX).any()))
+        batch[PACKING_STATS_KEY] = torch.tensor(
+            [sum(row_lengths), len(rows) * min(max(row_lengths), limit), sum(map(len, input_ids)), unsupervised],
+            dtype=torch.float64,
+        )
+        return batch
+
+
+def _first_fit_decreasing(lengths: Sequence[int], capacity: int) -> list[list[int]]:
+    """Sample indices grouped into rows whose lengths sum to at most ``capacity``: each sample, longest first,
+    goes into the first row it fits in. Within a row, samples keep their batch order."""
+    rows: list[list[int]] = []
+    room: list[int] = []
+    for index in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        for r, free in enumerate(room):
+            if lengths[index] <= free:
+                rows[r].append(index)
+                room[r] -= lengths[index]
+                break
+        else:
+            rows.append([index])
+            room.append(capacity - lengths[index])
+    return [sorted(row) for row in rows]
+
+
+def make_supervised_data_module(
+    tokenizer, data_args, *, packing: bool = False, image_feature_length: int | None = None, **dataset_kwargs
+) -> dict:
+    """Dataset and collator for supervised fine-tuning; ``dataset_kwargs`` go to :class:`LazySupervisedDataset`,
+    ``packing`` and ``image_feature_length`` to :class:`DataCollatorForSupervisedDataset`."""
     train_dataset = LazySupervisedDataset(data_args.data_path, tokenizer, data_args, **dataset_kwargs)
-    return dict(
-        train_dataset=train_dataset,
-        eval_dataset=None,
-        data_collator=DataCollatorForSupervisedDataset(tokenizer=tokenizer),
+    collator = DataCollatorForSupervisedDataset(
+        tokenizer=tokenizer, packing=packing, image_feature_length=image_feature_length
     )
+    return dict(train_dataset=train_dataset, eval_dataset=None, data_collator=collator)

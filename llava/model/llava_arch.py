@@ -220,12 +220,20 @@ class LlavaMetaForCausalLM(ABC):
         single-token step of generation.
         """
         vision_tower = self.get_vision_tower()
+        packed = is_packed_batch(position_ids, attention_mask) and input_ids.shape[1] > 1
         if vision_tower is None or images is None or input_ids.shape[1] == 1:
+            if packed:
+                position_ids, labels = _unpad_packed_rows(input_ids, position_ids, labels)
+                input_ids, position_ids, labels = self._rows_for_attention(input_ids, position_ids, labels)
             return input_ids, position_ids, attention_mask, past_key_values, None, labels
         if getattr(self.config, "tune_mm_mlp_adapter", False) and getattr(self.config, "mm_use_im_start_end", False):
             raise NotImplementedError("projector pretraining with mm_use_im_start_end is not supported (as upstream)")
 
         features = self._image_features(images, image_sizes)
+        if packed:
+            embeds, new_labels, _, new_positions = self._splice(input_ids, None, labels, features, position_ids)
+            embeds, new_positions, new_labels = self._rows_for_attention(embeds, new_positions, new_labels)
+            return None, new_positions, None, past_key_values, embeds, new_labels
         embeds, new_labels, new_mask, new_positions = self._splice(input_ids, attention_mask, labels, features)
         return (
             None,
@@ -236,18 +244,35 @@ class LlavaMetaForCausalLM(ABC):
             new_labels if labels is not None else None,
         )
 
-    def _splice(self, input_ids, attention_mask, labels, features):
+    def _rows_for_attention(self, values, position_ids, labels):
+        """Packed rows as the attention implementation takes them: flash-attention reads packing from the position
+        ids of ONE row only (transformers' varlen path), SDPA and eager from each row's position ids."""
+        if values.shape[0] == 1 or not str(getattr(self.config, "_attn_implementation", "")).startswith("flash"):
+            return values, position_ids, labels
+        flat = values.reshape(1, -1, *values.shape[2:])
+        return flat, position_ids.reshape(1, -1), labels.reshape(1, -1) if labels is not None else None
+
+    def _splice(self, input_ids, attention_mask, labels, features, packed_position_ids=None):
+        """The vectorised splice. With ``packed_position_ids`` (a packed batch, see :func:`is_packed_batch`), rows
+        hold several samples: image tokens take the images in order with no placeholder per row, row padding
+        (position -1) is dropped, and the output position ids restart at every sample, so that transformers' mask
+        (or flash-attention's varlen split) keeps attention inside each sample."""
         device = input_ids.device
         batch, length = input_ids.shape
-        keep = attention_mask.bool() if attention_mask is not None else torch.ones_like(input_ids, dtype=torch.bool)
+        packed = packed_position_ids is not None
+        if packed:
+            keep = packed_position_ids >= 0
+        else:
+            keep = attention_mask.bool() if attention_mask is not None else torch.ones_like(input_ids, dtype=torch.bool)
         is_image = (input_ids == IMAGE_TOKEN_INDEX) & keep
         flat, image_of_row, offset_in_image, feature_lengths = _flatten_features(features, device)
         num_images = feature_lengths.shape[0]
 
         # Which image each image token takes: images are consumed in order, a sample without image tokens
-        # consumes one (upstream's convention for the zero image of text-only samples).
+        # consumes one (upstream's convention for the zero image of text-only samples). Packed rows hold many
+        # samples: there the collator puts the images of image tokens first, in order, and the placeholders last.
         images_per_sample = is_image.sum(dim=1)
-        consumed = images_per_sample.clamp(min=1)
+        consumed = images_per_sample if packed else images_per_sample.clamp(min=1)
         first_image = torch.cumsum(consumed, dim=0) - consumed
         image_index = torch.where(is_image, first_image[:, None] + torch.cumsum(is_image, dim=1) - 1, 0)
 
@@ -267,7 +292,7 @@ class LlavaMetaForCausalLM(ABC):
                 f"image token takes one placeholder image) but {num_images} were given."
             )
 
-        left_padded = getattr(self.config, "tokenizer_padding_side", "right") == "left"
+        left_padded = not packed and getattr(self.config, "tokenizer_padding_side", "right") == "left"
         shift = (out_length - row_length) if left_padded else torch.zeros_like(row_length)
         trash = out_length  # an extra column that collects everything not written to the output; sliced off
 
@@ -303,8 +328,19 @@ class LlavaMetaForCausalLM(ABC):
 
         columns_out = torch.arange(out_length, device=device)[None, :]
         new_mask = (columns_out >= shift[:, None]) & (columns_out < (shift + row_length)[:, None])
-        new_positions = torch.where(new_mask, columns_out - shift[:, None], 0)
-        return embeds, new_labels, new_mask, new_positions
+        if not packed:
+            new_positions = torch.where(new_mask, columns_out - shift[:, None], 0)
+            return embeds, new_labels, new_mask, new_positions
+        # A sample starts where its first token (position 0) lands; the padding after a row's samples is a
+        # segment of its own. Each output position counts from the start of its segment.
+        starts = (packed_position_ids == 0) & keep & (start < row_length[:, None])
+        segment_start = torch.zeros(batch, out_length + 1, dtype=torch.bool, device=device)
+        segment_start.scatter_(1, torch.where(starts, start, trash), True)
+        segment_start.scatter_(1, row_length[:, None], True)
+        segment_start = segment_start[:, :out_length]
+        segment_start[:, 0] = True
+        first_column = torch.cummax(torch.where(segment_start, columns_out, 0), dim=1).values
+        return embeds, new_labels, new_mask, columns_out - first_column
 
     # ------------------------------------------------------------------------------------------------------------
     # Tokenizer
@@ -381,6 +417,39 @@ def init_rows_at_mean(model, token_ids: list[int]) -> None:
     with gathered_for_modification(weights), torch.no_grad():
         for weight in weights:
             weight[token_ids] = weight[:first_new].mean(dim=0, keepdim=True)
+
+
+def image_feature_length(model) -> int | None:
+    """How many features the splice puts in place of one image token for a square or padded image (the vision
+    tower's patches, plus its CLS token with mm_vision_select_feature 'cls_patch'); None without a vision tower."""
+    vision_tower = model.get_vision_tower() if hasattr(model, "get_vision_tower") else None
+    if vision_tower is None:
+        return None
+    return vision_tower.num_patches + (1 if getattr(vision_tower, "select_feature", "patch") == "cls_patch" else 0)
+
+
+def is_packed_batch(position_ids, attention_mask) -> bool:
+    """Whether a batch is packed (several samples per row, ``DataCollatorForSupervisedDataset(packing=True)``).
+
+    transformers' own convention: position ids and no attention mask. The ids restart at 0 for every sample and are
+    -1 on row padding; transformers then keeps attention inside each sample (SDPA and eager build a block-diagonal
+    causal mask from the position ids, flash-attention-2 runs varlen on one row).
+    """
+    return position_ids is not None and attention_mask is None
+
+
+def _unpad_packed_rows(input_ids, position_ids, labels):
+    """Packed rows without images: the row padding (position -1) becomes a segment of its own (positions from 0,
+    labels ignored), so that no sample attends to it."""
+    padding = position_ids < 0
+    if not bool(padding.any()):
+        return position_ids, labels
+    real_length = (~padding).sum(dim=1, keepdim=True)
+    columns = torch.arange(input_ids.shape[1], device=input_ids.device)[None, :]
+    position_ids = torch.where(padding, columns - real_length, position_ids)
+    if labels is not None:
+        labels = labels.masked_fill(padding, IGNORE_INDEX)
+    return position_ids, labels
 
 
 def _flatten_features(features, device):

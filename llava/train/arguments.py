@@ -141,6 +141,14 @@ class TrainingArguments(transformers.TrainingArguments):
     group_by_modality_length: bool = field(
         default=False, metadata={"help": "Batch image and text-only samples separately, grouped by length."}
     )
+    packing: bool = field(
+        default=False,
+        metadata={
+            "help": "Padding-free batches: pack each batch's samples into rows of up to --model_max_length tokens "
+            "(counted after the image features are spliced in), attention kept inside each sample. Same loss as "
+            "unpacked; not with --image_aspect_ratio anyres."
+        },
+    )
     evaluation_strategy: Optional[str] = field(
         default=None, metadata={"help": "Old name of --eval_strategy (upstream's scripts pass it); mapped onto it."}
     )
@@ -387,6 +395,9 @@ def _check_combinations(
             )
     if data_args.image_aspect_ratio == "anyres" and data_args.image_grid_pinpoints is None:
         problems.append("--image_aspect_ratio anyres needs --image_grid_pinpoints (candidate resolutions).")
+    if training_args.packing and data_args.image_aspect_ratio == "anyres" and model_args.vision_tower is not None:
+        problems.append("--packing fills rows by the spliced length, which anyres images vary per image; use "
+                        "--image_aspect_ratio pad or square, or drop --packing.")
     if model_args.vision_tower is None and model_args.pretrain_mm_mlp_adapter is not None:
         problems.append("--pretrain_mm_mlp_adapter needs --vision_tower (the projector maps its features).")
     if training_args.mm_projector_lr is not None and model_args.vision_tower is None:

@@ -28,6 +28,7 @@ from transformers.trainer_pt_utils import get_parameter_names  # noqa: F401  (re
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, has_length, rotate_checkpoints
 
 from llava.constants import IGNORE_INDEX
+from llava.data.dataset import PACKING_STATS_KEY
 from llava.model.files import TRAINING_ARGS_FILE
 from llava.train import saving
 
@@ -246,8 +247,9 @@ class LLaVATrainer(Trainer):
     # -- label statistics -------------------------------------------------------------------------------------
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        packing_stats = inputs.pop(PACKING_STATS_KEY, None)  # --packing: the collator's counts, not a model input
         if model.training and "labels" in inputs:
-            self._label_counts.add(inputs["labels"], inputs.get("attention_mask"))
+            self._label_counts.add(inputs["labels"], inputs.get("attention_mask"), packing_stats)
         return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
 
     def log(self, logs: dict[str, float], start_time: Optional[float] = None) -> None:
@@ -256,13 +258,20 @@ class LLaVATrainer(Trainer):
         super().log(logs, start_time)
 
     def label_statistics(self) -> dict[str, float]:
-        """Counts over every training batch seen so far by all processes (a collective when distributed)."""
+        """Counts over every training batch seen so far by all processes (a collective when distributed).
+
+        With --packing also `packing_efficiency`: real tokens over the positions the packed rows take, both counted
+        after the image features are spliced in (1.0: no padding at all).
+        """
         counts = self._label_counts.totals(self.accelerator)
-        return {
+        statistics = {
             "masked_samples": counts["masked_samples"],
             "supervised_tokens": counts["supervised_tokens"],
             "supervised_token_share": counts["supervised_tokens"] / max(counts["tokens"], 1),
         }
+        if counts["packed_positions"]:
+            statistics["packing_efficiency"] = counts["packed_tokens"] / counts["packed_positions"]
+        return statistics
 
     # -- saving and resuming ----------------------------------------------------------------------------------
 
@@ -351,22 +360,39 @@ def _fsync_directory(path: str) -> None:
 
 
 class _LabelCounts:
-    """Running totals of supervised tokens, all tokens and fully masked samples (kept on device: no syncs)."""
+    """Running totals of supervised tokens, all tokens, fully masked samples and, for packed batches, real tokens
+    and row positions after the splice (kept on device: no syncs)."""
 
     def __init__(self) -> None:
-        self._counts: Optional[torch.Tensor] = None  # [supervised_tokens, tokens, masked_samples]
+        # [supervised_tokens, tokens, masked_samples, packed_tokens, packed_positions]
+        self._counts: Optional[torch.Tensor] = None
 
-    def add(self, labels: torch.Tensor, attention_mask: Optional[torch.Tensor]) -> None:
+    def add(
+        self, labels: torch.Tensor, attention_mask: Optional[torch.Tensor], packing_stats: Optional[torch.Tensor] = None
+    ) -> None:
         supervised = labels.ne(IGNORE_INDEX)
-        tokens = attention_mask.sum() if attention_mask is not None else torch.tensor(labels.numel())
-        batch = torch.stack(
-            [supervised.sum(), tokens.to(supervised.device), (~supervised.any(dim=-1)).sum()]
-        ).to(torch.float64)
+        device = supervised.device
+        if packing_stats is not None:
+            # Rows hold many samples (and padding): the collator counted tokens and masked samples per sample.
+            spliced, positions, tokens, masked = packing_stats.to(device=device, dtype=torch.float64).unbind()
+            batch = torch.stack([supervised.sum().double(), tokens, masked, spliced, positions])
+        else:
+            tokens = attention_mask.sum() if attention_mask is not None else torch.tensor(labels.numel())
+            zero = torch.zeros((), device=device)
+            batch = torch.stack(
+                [supervised.sum(), tokens.to(device), (~supervised.any(dim=-1)).sum(), zero, zero]
+            ).to(torch.float64)
         self._counts = batch if self._counts is None else self._counts + batch
 
     def totals(self, accelerator) -> dict[str, float]:
-        counts = self._counts if self._counts is not None else torch.zeros(3, dtype=torch.float64)
+        counts = self._counts if self._counts is not None else torch.zeros(5, dtype=torch.float64)
         if accelerator is not None and accelerator.num_processes > 1:
             counts = accelerator.reduce(counts.to(accelerator.device), reduction="sum")
-        supervised, tokens, masked = counts.tolist()
-        return {"supervised_tokens": int(supervised), "tokens": int(tokens), "masked_samples": int(masked)}
+        supervised, tokens, masked, packed_tokens, packed_positions = counts.tolist()
+        return {
+            "supervised_tokens": int(supervised),
+            "tokens": int(tokens),
+            "masked_samples": int(masked),
+            "packed_tokens": int(packed_tokens),
+            "packed_positions": int(packed_positions),
+        }

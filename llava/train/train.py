@@ -23,6 +23,7 @@ from llava.data.dataset import (
 )
 from llava.data.records import load_records
 from llava.model.files import CHECKPOINT_GLOB
+from llava.model.llava_arch import image_feature_length
 from llava.distributed.state import is_main_process
 from llava.train.llava_trainer import LLaVATrainer
 from llava.train.lora import add_lora, cast_kbit_modules, enable_input_grads, find_all_linear_names
@@ -113,6 +114,8 @@ def run(
     if training_args.bits in (4, 8):
         cast_kbit_modules(model, training_args)
 
+    if training_args.packing:
+        dataset_kwargs.update(packing=True, image_feature_length=image_feature_length(model))
     data_module = make_supervised_data_module(tokenizer=tokenizer, data_args=data_args, **dataset_kwargs)
     trainer = LLaVATrainer(model=model, processing_class=tokenizer, args=training_args, **data_module)
     _fit(trainer, training_args)

@@ -8,7 +8,7 @@ import torch.nn as nn
 from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM, LlamaModel
 from transformers.models.llama.modeling_llama import LlamaPreTrainedModel
 
-from ..llava_arch import LlavaMetaForCausalLM, LlavaMetaModel
+from ..llava_arch import LlavaMetaForCausalLM, LlavaMetaModel, is_packed_batch
 
 
 class LlavaConfig(LlamaConfig):
@@ -54,6 +54,9 @@ class LlavaLlamaForCausalLM(LlamaForCausalLM, LlavaMetaForCausalLM):
         """Llama's forward with ``images`` (and ``image_sizes`` for anyres) spliced in at ``IMAGE_TOKEN_INDEX``."""
         if cache is None and "past_key_values" in kwargs:  # upstream's name for the cache
             cache = kwargs.pop("past_key_values")
+        if is_packed_batch(position_ids, attention_mask):
+            # transformers reads packing from the position ids only without a cache; packed rows are never continued.
+            use_cache = False
         if inputs_embeds is None:
             input_ids, position_ids, attention_mask, cache, inputs_embeds, labels = (
                 self.prepare_inputs_labels_for_multimodal(
