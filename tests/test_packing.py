@@ -41,7 +41,9 @@ def samples(tiny):
         data_path=str(tiny.data), image_folder=str(tiny.image_folder), is_multimodal=True, image_aspect_ratio="pad"
     )
     processor = CLIPImageProcessorPil.from_pretrained(tiny.vision_tower)
-    dataset = LazySupervisedDataset(args.data_path, tokenizer, args, image_processor=processor, conv=get_conv_template("v1"))
+    dataset = LazySupervisedDataset(
+        args.data_path, tokenizer, args, image_processor=processor, conv=get_conv_template("v1")
+    )
     items = [dataset[i] for i in range(12)]  # samples 5 and 11 are text-only
     assert sum(IMAGE_TOKEN_INDEX not in item["input_ids"] for item in items) == 2
     return tokenizer, items
@@ -139,7 +141,9 @@ def test_no_attention_crosses_a_packed_boundary(samples, models, attention):
     first = int((batch["position_ids"][row] == 0).nonzero()[0])
     changed = {key: value.clone() for key, value in _model_inputs(batch).items()}
     sample_ids = changed["input_ids"][row, first + 1 : first + 12]
-    changed["input_ids"][row, first + 1 : first + 12] = torch.where(sample_ids > 2, (sample_ids + 7) % 900 + 3, sample_ids)
+    changed["input_ids"][row, first + 1 : first + 12] = torch.where(
+        sample_ids > 2, (sample_ids + 7) % 900 + 3, sample_ids
+    )
     with torch.no_grad():
         changed_logits = model(**changed).logits
     difference = (changed_logits - logits).abs().amax(dim=-1)

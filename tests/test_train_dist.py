@@ -186,6 +186,24 @@ def test_pretrained_projector_loads_into_partitioned_parameters(tiny, zero3_conf
         assert torch.equal(gathered[f"base_model.model.model.{key}"], pretrained[f"model.{key}"]), key
 
 
+def test_zero3_lora_with_packing_writes_the_usual_files(tiny, zero3_config, tmp_path):
+    """--packing under ZeRO-3 on 2 processes: packed rows on each rank (text-only and image batches, modality
+    grouped), the usual files everywhere, the packing efficiency in the log."""
+    output_dir, dump_dir = tmp_path / "out", tmp_path / "dump"
+    _run_zero3(tiny, zero3_config, output_dir, dump_dir, packing=True, per_device_train_batch_size=3)
+    assert files_in(output_dir) == LORA_FILES | {"trainer_state.json"}
+    assert checkpoints(output_dir) == ["checkpoint-2", "checkpoint-4"]
+    for checkpoint in checkpoints(output_dir):
+        assert files_in(output_dir / checkpoint) == LORA_FILES | DEEPSPEED_RESUME_FILES, checkpoint
+    adapter = load_bin(output_dir / "adapter_model.bin")
+    assert set(adapter) == expected_adapter_keys() and all(value.numel() > 0 for value in adapter.values())
+    log_history = json.loads((output_dir / "trainer_state.json").read_text())["log_history"]
+    losses = logged_losses(log_history)
+    assert sorted(losses) == [1, 2, 3, 4] and all(0 < loss < 20 for loss in losses.values())
+    efficiency = [entry["packing_efficiency"] for entry in log_history if "packing_efficiency" in entry]
+    assert len(efficiency) >= 4 and all(0.3 < value <= 1.0 for value in efficiency), efficiency
+
+
 def test_qlora_4bit_under_zero3(tiny, zero3_config, tmp_path):
     """Upstream's QLoRA always passes device_map, which ZeRO-3 refuses (upstream #1692); here it shards."""
     output_dir, dump_dir = tmp_path / "out", tmp_path / "dump"
