@@ -3,7 +3,7 @@
     python benchmarks/run.py --quick          # CPU-sized, under 10 minutes on 2 cores
     python benchmarks/run.py --quick --json   # the same rows as JSON
     python benchmarks/run.py --tiny           # seconds; what the smoke test runs
-    python benchmarks/run.py --only splice    # one benchmark (data, image, splice, step, zero3_save, memory, gpu)
+    python benchmarks/run.py --only splice    # one benchmark (data, image, splice, step, packing, zero3_save, memory, gpu)
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import bench_data  # noqa: E402
 import bench_gpu  # noqa: E402
 import bench_image  # noqa: E402
 import bench_memory  # noqa: E402
+import bench_packing  # noqa: E402
 import bench_splice  # noqa: E402
 import bench_step  # noqa: E402
 import bench_zero3_save  # noqa: E402
@@ -34,6 +35,7 @@ BENCHMARKS = {
     "image": lambda size, tiny: bench_image.run(size),
     "splice": lambda size, tiny: bench_splice.run(size),
     "step": lambda size, tiny: bench_step.run(size),
+    "packing": lambda size, tiny: bench_packing.run(size),
     "zero3_save": lambda size, tiny: bench_zero3_save.run(size),
     "memory": lambda size, tiny: bench_memory.run(size),
     "gpu": lambda size, tiny: bench_gpu.run(size),

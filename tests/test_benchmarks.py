@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-EXPECTED = ("data:", "image transform", "splice (cpu", "LoRA step", "ZeRO-3 gather,", "ZeRO-3 gather + write", "peak memory", "GPU")
+EXPECTED = ("data:", "image transform", "splice (cpu", "LoRA step", "packing: LoRA step", "ZeRO-3 gather,", "ZeRO-3 gather + write", "peak memory", "GPU")
 
 pytestmark = [pytest.mark.slow, pytest.mark.bench]
 
@@ -26,7 +26,7 @@ def test_every_benchmark_runs_at_tiny_size():
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout)
     assert report["size"] == "tiny" and "cores" in report["machine"]
-    assert set(report["seconds"]) == {"data", "image", "splice", "step", "zero3_save", "memory", "gpu"}
+    assert set(report["seconds"]) == {"data", "image", "splice", "step", "packing", "zero3_save", "memory", "gpu"}
     names = [row["name"] for row in report["rows"]]
     for prefix in EXPECTED:
         assert any(prefix in name for name in names), prefix

@@ -236,3 +236,27 @@ def test_packed_training_run_matches_the_unpacked_run_and_logs_efficiency(tiny, 
     assert efficiency and all(0.5 < value <= 1.0 for value in efficiency), efficiency
     assert not any("packing_efficiency" in entry for entry in runs[False][1])
     assert files_in(runs[True][0]) == files_in(runs[False][0]) == LORA_FILES | {"trainer_state.json"}
+
+
+@pytest.mark.parametrize(
+    ("lengths", "attention_cost", "rows"),
+    [
+        # Without a width cost: the fewest positions (3 balanced rows of 1400, not 2 rows: 2100 would overflow).
+        ([1200, 700, 700, 700, 700], 0.0, [[0], [1, 3], [2, 4]]),
+        # Equal samples and a dense mask at a narrow width: longer rows would cost attention and save no padding.
+        ([735] * 4, 1 / (6 * 512), [[0], [1], [2], [3]]),
+        # One long tail sample: the others share rows of its width.
+        ([2048, 700, 700, 650, 600], 1 / (6 * 512), [[0], [1, 3], [2, 4]]),
+        # A sample longer than a row goes alone (the splice truncates it).
+        ([3000, 10], 0.0, [[0], [1]]),
+    ],
+)
+def test_pack_rows_minimises_the_estimated_cost(lengths, attention_cost, rows):
+    from llava.data.dataset import _pack_rows
+
+    packed = _pack_rows(lengths, 2048, attention_cost)
+    assert sorted(packed) == sorted(rows)
+    width = max(sum(lengths[i] for i in row) for row in packed)
+    padded_width = min(max(lengths), 2048)
+    cost = len(packed) * width * (1 + attention_cost * width)
+    assert cost <= len(lengths) * padded_width * (1 + attention_cost * padded_width) or max(lengths) > 2048

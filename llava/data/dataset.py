@@ -176,12 +176,14 @@ class DataCollatorForSupervisedDataset:
 
     With ``packing`` (``--packing``) the samples are packed instead, see :meth:`pack`; ``image_feature_length`` is
     then the number of features the model splices in per image token (the vision tower's patches, 576 for CLIP
-    ViT-L/14-336), so that rows are filled by their length as the language model sees them.
+    ViT-L/14-336), so that rows are filled by their length as the language model sees them, and
+    ``attention_cost`` weighs the row width against the padding saved (:func:`packing_attention_cost`).
     """
 
     tokenizer: Any
     packing: bool = False
     image_feature_length: int | None = None
+    attention_cost: float = 0.0  # per position and row width; see _pack_rows
 
     def __call__(self, instances: Sequence[dict]) -> dict[str, Any]:
         pad_id = self.tokenizer.pad_token_id
@@ -211,7 +213,8 @@ class DataCollatorForSupervisedDataset:
 
     def pack(self, instances: Sequence[dict], pad_id: int) -> dict[str, Any]:
         """Padding-free batch: the samples go into rows of at most ``tokenizer.model_max_length`` tokens, counted
-        after image features are spliced in (first fit, longest first), one after the other.
+        after image features are spliced in, one after the other, as many rows as cost least (see
+        :func:`_pack_rows`).
 
         As transformers' ``DataCollatorWithFlattening``: ``position_ids`` restart at 0 for every sample and there is
         no ``attention_mask``, which is how transformers recognises packed rows and keeps attention inside each
@@ -231,7 +234,7 @@ class DataCollatorForSupervisedDataset:
             raise ValueError("packing samples with images needs image_feature_length (features per image token)")
         per_image = (self.image_feature_length or 1) - 1
         lengths = [min(len(ids) + count * per_image, limit) for ids, count in zip(input_ids, image_tokens)]
-        rows = _first_fit_decreasing(lengths, limit)
+        rows = _pack_rows(lengths, limit, self.attention_cost)
 
         width = max(sum(len(input_ids[i]) for i in row) for row in rows)
         batch_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
@@ -262,30 +265,49 @@ class DataCollatorForSupervisedDataset:
         return batch
 
 
-def _first_fit_decreasing(lengths: Sequence[int], capacity: int) -> list[list[int]]:
-    """Sample indices grouped into rows whose lengths sum to at most ``capacity``: each sample, longest first,
-    goes into the first row it fits in. Within a row, samples keep their batch order."""
-    rows: list[list[int]] = []
-    room: list[int] = []
-    for index in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
-        for r, free in enumerate(room):
-            if lengths[index] <= free:
-                rows[r].append(index)
-                room[r] -= lengths[index]
+def _pack_rows(lengths: Sequence[int], capacity: int, attention_cost: float = 0.0) -> list[list[int]]:
+    """Sample indices grouped into rows whose lengths sum to at most ``capacity``; within a row, samples keep their
+    batch order.
+
+    Every row is padded to the longest, so a layout of R rows of width W costs R * W positions; with a dense mask
+    (SDPA, eager) each position also attends over the whole row, about ``attention_cost * W`` more (W / (6 *
+    hidden size) for a Llama layer; 0 for flash-attention's varlen kernel, which pays per sample). For each row
+    count the samples are balanced longest first into the row that holds the least so far, and the cheapest
+    layout is kept: with one row per sample that is the padded batch, so packing never costs more than padding.
+    """
+    by_length = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    best, best_cost = None, float("inf")
+    for count in range(1, len(lengths) + 1):
+        rows: list[list[int]] = [[] for _ in range(count)]
+        load = [0] * count
+        for index in by_length:
+            r = load.index(min(load))
+            if load[r] + lengths[index] > capacity:
                 break
+            rows[r].append(index)
+            load[r] += lengths[index]
         else:
-            rows.append([index])
-            room.append(capacity - lengths[index])
-    return [sorted(row) for row in rows]
+            width = max(load)
+            cost = count * width * (1 + attention_cost * width)
+            if cost < best_cost:
+                best, best_cost = rows, cost
+    if best is None:  # a sample longer than a row: only one per row fits (the splice truncates it, as unpacked)
+        best = [[index] for index in range(len(lengths))]
+    return [sorted(row) for row in best if row]
 
 
-def make_supervised_data_module(
-    tokenizer, data_args, *, packing: bool = False, image_feature_length: int | None = None, **dataset_kwargs
-) -> dict:
-    """Dataset and collator for supervised fine-tuning; ``dataset_kwargs`` go to :class:`LazySupervisedDataset`,
-    ``packing`` and ``image_feature_length`` to :class:`DataCollatorForSupervisedDataset`."""
+def packing_attention_cost(hidden_size: int, attn_implementation: str | None) -> float:
+    """What attending over one more position of its row costs a position, relative to the rest of its work: a Llama
+    layer spends about 24 * hidden**2 FLOPs per position on its linear layers and 4 * width * hidden on attention
+    with a dense mask. Flash-attention's varlen kernel attends within each sample only: 0."""
+    if str(attn_implementation or "").startswith("flash"):
+        return 0.0
+    return 1.0 / (6 * hidden_size)
+
+
+def make_supervised_data_module(tokenizer, data_args, *, packing: dict | None = None, **dataset_kwargs) -> dict:
+    """Dataset and collator for supervised fine-tuning; ``dataset_kwargs`` go to :class:`LazySupervisedDataset`;
+    ``packing`` (``image_feature_length``, ``attention_cost``) turns the collator's packing on."""
     train_dataset = LazySupervisedDataset(data_args.data_path, tokenizer, data_args, **dataset_kwargs)
-    collator = DataCollatorForSupervisedDataset(
-        tokenizer=tokenizer, packing=packing, image_feature_length=image_feature_length
-    )
+    collator = DataCollatorForSupervisedDataset(tokenizer=tokenizer, packing=packing is not None, **(packing or {}))
     return dict(train_dataset=train_dataset, eval_dataset=None, data_collator=collator)

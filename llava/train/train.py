@@ -20,6 +20,7 @@ from llava.data.dataset import (
     DataCollatorForSupervisedDataset,
     LazySupervisedDataset,
     make_supervised_data_module,
+    packing_attention_cost,
 )
 from llava.data.records import load_records
 from llava.model.files import CHECKPOINT_GLOB
@@ -115,7 +116,11 @@ def run(
         cast_kbit_modules(model, training_args)
 
     if training_args.packing:
-        dataset_kwargs.update(packing=True, image_feature_length=image_feature_length(model))
+        attention = getattr(model.config, "_attn_implementation", None)
+        dataset_kwargs["packing"] = {
+            "image_feature_length": image_feature_length(model),
+            "attention_cost": packing_attention_cost(model.config.hidden_size, attention),
+        }
     data_module = make_supervised_data_module(tokenizer=tokenizer, data_args=data_args, **dataset_kwargs)
     trainer = LLaVATrainer(model=model, processing_class=tokenizer, args=training_args, **data_module)
     _fit(trainer, training_args)
