@@ -260,3 +260,18 @@ def test_pack_rows_minimises_the_estimated_cost(lengths, attention_cost, rows):
     padded_width = min(max(lengths), 2048)
     cost = len(packed) * width * (1 + attention_cost * width)
     assert cost <= len(lengths) * padded_width * (1 + attention_cost * padded_width) or max(lengths) > 2048
+
+
+@pytest.mark.slow
+def test_packed_qlora_run(tiny, tmp_path):
+    """--packing through 4-bit QLoRA (bitsandbytes on CPU): the usual files, finite losses, efficiency logged."""
+    from train_helpers import LORA_FILES, files_in, logged_losses, multimodal_flags
+
+    from llava.train.train import train
+
+    output_dir = tmp_path / "qlora"
+    trainer = train(argv=multimodal_flags(tiny, output_dir, packing=True, bits=4, max_steps=2, save_steps=2))
+    losses = logged_losses(trainer.state.log_history)
+    assert sorted(losses) == [1, 2] and all(0 < loss < 20 for loss in losses.values())
+    assert any("packing_efficiency" in entry for entry in trainer.state.log_history)
+    assert files_in(output_dir) == LORA_FILES | {"trainer_state.json"}
