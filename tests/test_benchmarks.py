@@ -12,7 +12,17 @@ from pathlib import Path
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-EXPECTED = ("data:", "image transform", "splice (cpu", "LoRA step", "packing: LoRA step", "ZeRO-3 gather,", "ZeRO-3 gather + write", "peak memory", "GPU")
+EXPECTED = (
+    "data:",
+    "image transform",
+    "splice (cpu",
+    "LoRA step",
+    "packing: LoRA step",
+    "ZeRO-3 gather,",
+    "ZeRO-3 gather + write",
+    "peak memory",
+    "GPU",
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.bench]
 
@@ -46,3 +56,18 @@ def test_table_output():
     lines = table.splitlines()
     assert lines[0].startswith("| benchmark") and "| 1.50x | <= 2x  | pass" in lines[2]
     assert "| 0.25x | >= 5x  | MISS" in lines[3] and "skipped: no GPU" in lines[4]
+
+
+def test_gpu_benchmark_dry_run_on_cpu():
+    """`run.py --gpu`'s code at tiny shapes on CPU (fp32, SDPA): builds the model, both layouts, every row."""
+    import re
+
+    sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
+    import bench_gpu
+
+    rows = bench_gpu.run("tiny", dry_run=True)
+    assert len(rows) == 3 and all(row.measured > 0 and row.baseline > 0 for row in rows)
+    assert rows[0].name.endswith("non-padding tokens/s, packed vs padded")
+    assert "padded: MFU vs bf16 peak" in rows[1].name and "packed: MFU vs bf16 peak" in rows[2].name
+    packed, padded = (tuple(map(int, shape)) for shape in re.findall(r"\((\d+), (\d+)\)", rows[0].note))
+    assert padded[0] == 4 and packed[0] < 4  # 4 samples: 4 padded rows, fewer packed ones
