@@ -7,7 +7,7 @@ The length mix is shaped like LLaVA-1.5's 665k mixture: 94% image samples, 576 i
 tokens (`--model_max_length`). Tokens are counted after the splice. The timed batches are image batches and one
 text-only batch, weighted by the share of such batches in the sampler's order.
 
-The model is small enough for a CPU (a 2-layer LM of width 512, a 2-layer CLIP-shaped tower with 576 patches at
+The model is small enough for a CPU (a 1-layer LM of width 512, a 2-layer CLIP-shaped tower with 576 patches at
 336 px; SDPA; no gradient checkpointing): at this width attention is a larger share of a step than at 7B (about 15%
 against 8% at 1-2k tokens), and SDPA's packed mask costs a whole row squared where flash-attention's varlen kernel
 costs each sample's square; so the CPU figure understates what packing gives at 7B. Steps are timed in CPU seconds
@@ -33,8 +33,8 @@ logger = logging.getLogger("bench_packing")
 SHAPES = {
     "tiny": dict(hidden=64, layers=1, intermediate=172, heads=4, vocab=1000, batch=4, image=56, max_len=256,
                  image_text=(10, 150), text_only=(60, 256), image_batches=1, samples=64),
-    "quick": dict(hidden=512, layers=1, intermediate=1376, heads=8, vocab=2000, batch=16, image=336, max_len=2048,
-                  image_text=(100, 1500), text_only=(600, 2048), image_batches=4, samples=1024),
+    "quick": dict(hidden=512, layers=1, intermediate=1376, heads=8, vocab=1000, batch=16, image=336, max_len=2048,
+                  image_text=(100, 1500), text_only=(600, 2048), image_batches=3, samples=1024),
     "full": dict(hidden=1024, layers=4, intermediate=2752, heads=16, vocab=32000, batch=16, image=336, max_len=2048,
                  image_text=(100, 1500), text_only=(600, 2048), image_batches=4, samples=2048),
 }  # fmt: skip

@@ -204,6 +204,17 @@ def test_zero3_lora_with_packing_writes_the_usual_files(tiny, zero3_config, tmp_
     assert len(efficiency) >= 4 and all(0.3 < value <= 1.0 for value in efficiency), efficiency
 
 
+def test_zero2_lora_with_packing(tiny, tmp_path):
+    """--packing under upstream's zero2.json on 2 processes: the usual files and the packing efficiency."""
+    output_dir, dump_dir = tmp_path / "out", tmp_path / "dump"
+    argv = multimodal_flags(tiny, output_dir, deepspeed=REPO_ROOT / "configs" / "zero2.json", packing=True, max_steps=2)
+    launch_deepspeed(DIST_SCRIPTS / "train_and_dump.py", argv, num_procs=NUM_PROCESSES, env={DUMP_DIR_ENV: str(dump_dir)})
+    assert files_in(output_dir) == LORA_FILES | {"trainer_state.json"}
+    log_history = json.loads((output_dir / "trainer_state.json").read_text())["log_history"]
+    assert sorted(logged_losses(log_history)) == [1, 2]
+    assert any("packing_efficiency" in entry for entry in log_history)
+
+
 def test_qlora_4bit_under_zero3(tiny, zero3_config, tmp_path):
     """Upstream's QLoRA always passes device_map, which ZeRO-3 refuses (upstream #1692); here it shards."""
     output_dir, dump_dir = tmp_path / "out", tmp_path / "dump"

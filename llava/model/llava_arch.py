@@ -10,6 +10,10 @@ vectorised: output positions come from cumulative sums, all text tokens of the b
 straight into the output tensor and the image features are written into it with one indexed copy; the only host
 synchronisation is reading the batch's output length.
 
+Packed batches (``--packing``; position ids and no attention mask, see :func:`is_packed_batch`) hold several samples
+per row: there the position ids are carried through the image features and restart at every sample, which is how
+transformers' attention keeps each sample to itself.
+
 One deliberate difference: padding positions hold the embedding of token 0 instead of zeros. They are masked out of
 attention and carry ``IGNORE_INDEX`` labels, so logits at real positions and the loss are unchanged, and skipping
 the zero fill saves a full pass over the output.
