@@ -33,8 +33,8 @@ logger = logging.getLogger("bench_packing")
 SHAPES = {
     "tiny": dict(hidden=64, layers=1, intermediate=172, heads=4, vocab=1000, batch=4, image=56, max_len=256,
                  image_text=(10, 150), text_only=(60, 256), image_batches=1, samples=64),
-    "quick": dict(hidden=512, layers=1, intermediate=1376, heads=8, vocab=1000, batch=16, image=336, max_len=2048,
-                  image_text=(100, 1500), text_only=(600, 2048), image_batches=3, samples=1024),
+    "quick": dict(hidden=512, layers=1, intermediate=1376, heads=8, vocab=2000, batch=16, image=336, max_len=2048,
+                  image_text=(100, 1500), text_only=(600, 2048), image_batches=4, samples=1024),
     "full": dict(hidden=1024, layers=4, intermediate=2752, heads=16, vocab=32000, batch=16, image=336, max_len=2048,
                  image_text=(100, 1500), text_only=(600, 2048), image_batches=4, samples=2048),
 }  # fmt: skip
@@ -123,7 +123,9 @@ def run(size: str) -> list[Row]:
     image_batches = [b for b in batches if all(mix[i][0] for i in b)]
     text_batches = [b for b in batches if not any(mix[i][0] for i in b)]
     text_share = len(text_batches) / (len(image_batches) + len(text_batches))
-    chosen = image_batches[: s["image_batches"]] + text_batches[:1]
+    # Image batches spread over the epoch (not the first few), and one text-only batch.
+    stride = max(len(image_batches) // s["image_batches"], 1)
+    chosen = image_batches[::stride][: s["image_batches"]] + text_batches[:1]
     weights = [(1 - text_share) / s["image_batches"]] * s["image_batches"] + [text_share]
 
     image = torch.randn(3, s["image"], s["image"])
