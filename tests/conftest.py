@@ -69,3 +69,11 @@ def tiny_image_processor(tiny):
     from transformers import CLIPImageProcessor
 
     return CLIPImageProcessor.from_pretrained(tiny.vision_tower)
+
+
+@pytest.fixture(scope="session")
+def upstream():
+    """Upstream LLaVA's own code in its pinned stack (a separate venv, built on first use; see upstream_env.py)."""
+    import upstream_env
+
+    return upstream_env.ensure()
