@@ -22,6 +22,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from llava.model import compat
 from llava.model.state_files import load_state_file
 from llava.distributed.zero3 import (
     get_mm_adapter_state_maybe_zero_3,
@@ -69,6 +70,15 @@ def save_config(config, output_dir: str) -> None:
         if hasattr(config, name):
             delattr(config, name)
     config.save_pretrained(output_dir)
+    compat.config_for_transformers4(output_dir)  # upstream's stack (transformers 4.37) reads it too
+
+
+def files_for_upstream_stack(output_dir: str, tokenizer=None) -> None:
+    """Make a model folder written by `save_pretrained` readable by upstream's stack (see llava.model.compat)."""
+    if os.path.isfile(os.path.join(output_dir, CONFIG_NAME)):
+        compat.config_for_transformers4(output_dir)
+    if tokenizer is not None:
+        compat.save_tokenizer(tokenizer, output_dir)
 
 
 def save_lora_outputs(model: nn.Module, output_dir: str, lora_bias: str, is_main_process: bool) -> None:
@@ -85,6 +95,7 @@ def save_lora_outputs(model: nn.Module, output_dir: str, lora_bias: str, is_main
     model.save_pretrained(
         output_dir, state_dict=adapter_state, safe_serialization=False, save_embedding_layers=False
     )
+    compat.adapter_config_for_old_peft(output_dir)  # upstream's loader runs peft 0.10
     torch.save(non_lora_state, os.path.join(output_dir, NON_LORA_TRAINABLES_NAME))
     logger.info(
         "Saved LoRA adapter (%d tensors) and %d non-LoRA trainable tensors to %s",
