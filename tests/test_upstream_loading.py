@@ -113,6 +113,20 @@ def inputs(tiny, tmp_path_factory):
     return tensors, path
 
 
+def _extra_files(root, tiny) -> dict:
+    """Files our training does not write with the tiny model: a non-default rope, a legacy-true tokenizer."""
+    from transformers import AutoTokenizer
+
+    from llava.model import LlavaConfig, compat
+
+    rope = root / "rope-config"
+    LlavaConfig(rope_theta=500000.0, rope_scaling={"rope_type": "linear", "factor": 2.0}).save_pretrained(rope)
+    compat.config_for_transformers4(rope)
+    tokenizer = root / "legacy-true-tokenizer"
+    compat.save_tokenizer(AutoTokenizer.from_pretrained(tiny.llm, legacy=True), tokenizer)
+    return {"rope config": rope, "legacy true tokenizer": tokenizer}
+
+
 @pytest.fixture(scope="module")
 def upstream_reads_ours(runs, inputs, upstream, tiny):
     """ONE upstream process: load every run, merge ours with upstream's merge and load that, read every file."""
@@ -127,6 +141,9 @@ def upstream_reads_ours(runs, inputs, upstream, tiny):
         jobs.append(dict(name=f"{name}: config", kind="config", path=str(folder)))
     for name, folder, _ in folders[:3]:
         jobs.append(dict(name=f"{name}: adapter_config", kind="adapter_config", path=str(folder)))
+    extra = _extra_files(root, tiny)
+    jobs.append(dict(name="rope config", kind="config", path=str(extra["rope config"])))
+    jobs.append(dict(name="legacy true tokenizer", kind="tokenizer", path=str(extra["legacy true tokenizer"]), texts=TEXTS))
     jobs.append(dict(name="merge", kind="merge", model_path=str(folders[0][1]), model_base=str(tiny.llm),
                      save_model_path=str(upstream_merged)))  # fmt: skip
     jobs.append(dict(name="merged by upstream", kind="load", model_path=str(upstream_merged), model_base=None,
@@ -191,6 +208,24 @@ def test_transformers4_reads_our_config(upstream_reads_ours, runs, name):
     assert answer["rope_theta"] == written["rope_parameters"]["rope_theta"]
     assert answer["rope_scaling"] is None
     assert answer["torch_dtype"] == f"torch.{written['dtype']}"
+
+
+def test_transformers4_reads_a_non_default_rope(upstream_reads_ours):
+    results, _, _ = upstream_reads_ours
+    answer = results["rope config"]
+    assert (answer["rope_theta"], answer["rope_scaling"]) == (500000.0, {"type": "linear", "factor": 2.0})
+
+
+def test_upstream_tokenizers_read_a_legacy_true_tokenizer_with_our_ids(upstream_reads_ours, tiny):
+    from transformers import AutoTokenizer
+
+    from llava.tokenization import encode
+
+    results, root, _ = upstream_reads_ours
+    answer = results["legacy true tokenizer"]
+    ours = encode(AutoTokenizer.from_pretrained(root / "legacy-true-tokenizer"), TEXTS).ids
+    assert answer["slow"]["legacy"] is True
+    assert answer["slow"]["ids"] == answer["fast"]["ids"] == ours
 
 
 @pytest.mark.parametrize("name", ["lora", "checkpoint", "qlora"])
