@@ -13,9 +13,8 @@ import torch
 
 from llava.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
 from llava.conversation import SeparatorStyle, conv_templates, default_conversation
-from llava.train.arguments import DataArguments
-from llava.mm_utils import tokenizer_image_token
 from llava.data.preprocess import (
+    conversation_turns,
     preprocess,
     preprocess_llama_2,
     preprocess_mpt,
@@ -23,8 +22,9 @@ from llava.data.preprocess import (
     preprocess_plain,
     preprocess_v1,
     render_segments,
-    conversation_turns,
 )
+from llava.mm_utils import tokenizer_image_token
+from llava.train.arguments import DataArguments
 
 TEMPLATES = [
     "v1", "vicuna_v1", "llava_v1", "v1_mmtag", "llama_2", "llava_llama_2", "mistral_instruct",
@@ -450,7 +450,7 @@ SLOW_IDS = [
 ]  # fmt: skip
 
 
-@pytest.mark.parametrize("legacy, prompt, expected", SLOW_IDS, ids=[f"legacy={l}-{p!r}" for l, p, _ in SLOW_IDS])
+@pytest.mark.parametrize("legacy, prompt, expected", SLOW_IDS, ids=[f"legacy={flag}-{text!r}" for flag, text, _ in SLOW_IDS])
 def test_tokenizer_image_token_gives_the_slow_tokenizers_ids(tiny, legacy, prompt, expected):
     tokenizer = _load(tiny.llm, legacy=legacy)
     assert tokenizer_image_token(prompt, tokenizer) == expected

@@ -23,12 +23,6 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 import pytest
-
-from llava.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
-from llava.conversation import SeparatorStyle, conv_templates
-from llava.data.preprocess import preprocess, preprocess_multimodal
-from llava.train.arguments import DataArguments
-
 from test_preprocess import (
     CHATML_TOKENS,
     DROPPED,
@@ -39,6 +33,11 @@ from test_preprocess import (
     supervised_runs,
     template_markers,
 )
+
+from llava.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
+from llava.conversation import conv_templates
+from llava.data.preprocess import preprocess, preprocess_multimodal
+from llava.train.arguments import DataArguments
 
 pytestmark = [pytest.mark.upstream, pytest.mark.slow]
 logger = logging.getLogger(__name__)
@@ -114,7 +113,9 @@ def build_cases() -> list[Case]:
         for template in ("vicuna_v1", "llava_llama_2", "mistral_instruct", "chatml_direct"):
             for case_name, (source, _) in DROPPED.items():
                 for has_image in (True, False):
-                    turns = source if has_image else [{**t, "value": t["value"].replace("<image>\n", "")} for t in source]
+                    turns = (
+                        source if has_image else [{**t, "value": t["value"].replace("<image>\n", "")} for t in source]
+                    )
                     multimodal = dict(mm_use_im_start_end=False) if has_image else None
                     tokenizer = _tokenizer_name(legacy, template)
                     cases.append(Case(case_name, tokenizer, template, turns, has_image, multimodal))
@@ -237,8 +238,10 @@ def comparison(tiny, tmp_path_factory, upstream):
 def classify(case: Case, theirs: dict, ids, labels, source, tokenizer) -> tuple[str, str]:
     """(category, detail); category "FAIL" for anything the module docstring does not allow."""
     truncated = case.model_max_length is not None and len(ids) == case.model_max_length
-    right = None if case.template in HASH else labels_are_right(
-        source, ids, labels, tokenizer, case.template, case.has_image, truncated
+    right = (
+        None
+        if case.template in HASH
+        else labels_are_right(source, ids, labels, tokenizer, case.template, case.has_image, truncated)
     )
     if theirs["error"]:
         return ("upstream_error", theirs["error"]) if right is None else ("FAIL", f"{theirs['error']}; ours: {right}")
@@ -318,7 +321,11 @@ def test_upstream_drops_exactly_the_known_cases(comparison, case_name):
             # errors cancel it keeps the sample with shifted labels (see the next test), otherwise it drops it.
             assert kind in ("dropped", "upstream_wrong"), case
         elif case.template in kept_by:
-            moved = any(marker in turn["value"] for turn in case.source for marker in template_markers(conv_templates[case.template]))
+            moved = any(
+                marker in turn["value"]
+                for turn in case.source
+                for marker in template_markers(conv_templates[case.template])
+            )
             assert kind in (("identical", "upstream_wrong") if moved else ("identical",)), (case, detail)
         else:
             assert kind == "dropped", (case, detail)

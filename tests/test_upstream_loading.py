@@ -26,11 +26,11 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import Image
+from train_helpers import multimodal_flags, write_caption_data
 
 from llava.mm_utils import process_images, tokenizer_image_token
 from llava.model.builder import load_pretrained_model
 from llava.train.train import train
-from train_helpers import multimodal_flags, write_caption_data
 
 pytestmark = [pytest.mark.upstream, pytest.mark.slow]
 logger = logging.getLogger(__name__)
@@ -143,7 +143,9 @@ def upstream_reads_ours(runs, inputs, upstream, tiny):
         jobs.append(dict(name=f"{name}: adapter_config", kind="adapter_config", path=str(folder)))
     extra = _extra_files(root, tiny)
     jobs.append(dict(name="rope config", kind="config", path=str(extra["rope config"])))
-    jobs.append(dict(name="legacy true tokenizer", kind="tokenizer", path=str(extra["legacy true tokenizer"]), texts=TEXTS))
+    jobs.append(
+        dict(name="legacy true tokenizer", kind="tokenizer", path=str(extra["legacy true tokenizer"]), texts=TEXTS)
+    )
     jobs.append(dict(name="merge", kind="merge", model_path=str(folders[0][1]), model_base=str(tiny.llm),
                      save_model_path=str(upstream_merged)))  # fmt: skip
     jobs.append(dict(name="merged by upstream", kind="load", model_path=str(upstream_merged), model_base=None,

@@ -138,9 +138,7 @@ class UpstreamEnv:
             env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", OMP_NUM_THREADS="1", DS_BUILD_OPS="0")
             env["PATH"] = os.pathsep.join([str(self.venv / "bin"), os.environ.get("PATH", "")])
             command = [str(self.python), str(SIDE_SCRIPTS / f"{script}.py"), str(request_path), str(answer_path)]
-            result = subprocess.run(
-                command, env=env, cwd=cwd or tmp, capture_output=True, text=True, timeout=timeout
-            )
+            result = subprocess.run(command, env=env, cwd=cwd or tmp, capture_output=True, text=True, timeout=timeout)
             if result.returncode or not answer_path.exists():
                 raise UpstreamError(
                     f"upstream_side/{script}.py exited {result.returncode}\n--- stdout\n{result.stdout[-6000:]}\n"

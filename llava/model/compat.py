@@ -28,13 +28,16 @@ from os import PathLike
 from pathlib import Path
 from typing import Any
 
+from llava.model.files import (
+    ADAPTER_CONFIG_FILE,
+    CONFIG_FILE,
+    SENTENCEPIECE_FILE,
+    TOKENIZER_CONFIG_FILE,
+    TOKENIZER_JSON_FILE,
+)
+
 logger = logging.getLogger(__name__)
 
-ADAPTER_CONFIG_FILE = "adapter_config.json"
-CONFIG_FILE = "config.json"
-TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
-TOKENIZER_JSON_FILE = "tokenizer.json"
-SENTENCEPIECE_FILE = "tokenizer.model"
 
 # The fields of peft 0.10.0's LoraConfig (and PeftConfig), the release of upstream's era.
 PEFT_0_10_LORA_FIELDS = frozenset(
@@ -155,7 +158,9 @@ def save_tokenizer(tokenizer, directory: str | PathLike) -> None:
     config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     tokenizer_json = directory / TOKENIZER_JSON_FILE
     if tokenizer_json.is_file():
-        tokenizer_json.write_text(json.dumps(tokenizer_json_for_tokenizers_0_15(json.loads(tokenizer_json.read_text())), ensure_ascii=False))
+        tokenizer_json.write_text(
+            json.dumps(tokenizer_json_for_tokenizers_0_15(json.loads(tokenizer_json.read_text())), ensure_ascii=False)
+        )
 
 
 def tokenizer_json_for_tokenizers_0_15(data: dict) -> dict:

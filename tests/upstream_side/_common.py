@@ -32,6 +32,8 @@ def versions() -> dict:
     import transformers
 
     return dict(
-        torch=torch.__version__, transformers=transformers.__version__, tokenizers=tokenizers.__version__,
+        torch=torch.__version__,
+        transformers=transformers.__version__,
+        tokenizers=tokenizers.__version__,
         peft=peft.__version__,
     )

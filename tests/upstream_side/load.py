@@ -36,6 +36,7 @@ def handle(request: dict) -> dict:
 
 def _load(job, inputs, prompt):
     import torch
+
     from llava.mm_utils import get_model_name_from_path, tokenizer_image_token
     from llava.model.builder import load_pretrained_model
 
@@ -58,7 +59,9 @@ def _merge(job, inputs, prompt):
     from llava.model.builder import load_pretrained_model
 
     path = job["model_path"]
-    tokenizer, model, _, _ = load_pretrained_model(path, job["model_base"], get_model_name_from_path(path), device_map="cpu")
+    tokenizer, model, _, _ = load_pretrained_model(
+        path, job["model_base"], get_model_name_from_path(path), device_map="cpu"
+    )
     model.save_pretrained(job["save_model_path"])
     tokenizer.save_pretrained(job["save_model_path"])
     return dict(saved=job["save_model_path"])
@@ -78,8 +81,9 @@ def _tokenizer(job, inputs, prompt):
 
 
 def _config(job, inputs, prompt):
-    import llava.model  # noqa: F401  (registers llava_llama with AutoConfig)
     from transformers import AutoConfig
+
+    import llava.model  # noqa: F401  (registers llava_llama with AutoConfig)
 
     config = AutoConfig.from_pretrained(job["path"])
     return dict(

@@ -18,6 +18,7 @@ from _common import main, upstream_llava, versions
 def handle(request: dict) -> dict:
     upstream_llava()
     import transformers
+
     from llava import conversation as conversation_lib
     from llava.train import train as upstream_train
 
