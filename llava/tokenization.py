@@ -105,10 +105,6 @@ def _map_back(spans, positions) -> list[tuple[int, int]]:
 
     result = []
     for begin, end in spans:
-        if begin == end:
-            result.append((original(begin), original(end)))
-            continue
-        mapped_begin = begin - sum(1 for spot in patched_at if spot < begin)
-        mapped_end = max(original(end), mapped_begin + 1)
-        result.append((mapped_begin, mapped_end))
+        start = original(begin)
+        result.append((start, start) if begin == end else (start, max(original(end), start + 1)))
     return result

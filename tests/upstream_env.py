@@ -82,6 +82,7 @@ def build(venv: Path | None = None, *, python: str | None = None) -> float:
         if is_built(venv):
             return 0.0
         start = time.monotonic()
+        logger.info("building upstream's reference environment in %s (about a minute with a warm pip cache)", venv)
         if venv.exists():
             shutil.rmtree(venv)
         base = python or _base_python()

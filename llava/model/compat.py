@@ -73,7 +73,7 @@ def adapter_config_for_old_peft(directory: str | PathLike) -> list[str]:
             kept_unknown.append(key)
     if kept_unknown:
         logger.warning(
-            "%s keeps %s: they change how the adapter works and peft < 0.11 cannot read them, so upstream's "
+            "%s keeps %s: they change how the adapter works and peft 0.10 does not know them, so upstream's "
             "loader (peft 0.10) will refuse this adapter",
             path,
             ", ".join(kept_unknown),
