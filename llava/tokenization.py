@@ -13,8 +13,8 @@ piece between added tokens) and gives the slow tokenizer's ids with one exceptio
 - With ``legacy: true`` every piece between added tokens gets one: ``"</s> it"`` is ``"</s>", "▁", "▁it"`` slow.
 
 :func:`encode` adds the missing space where the slow tokenizer would have its extra "▁" and maps the offsets back
-to the original text. The check is a look at the first pass's tokens; a second tokenizer call happens only for the
-texts that need it, so the common case costs nothing.
+to the original text. The check is a few substring searches per text; a second tokenizer call happens only for
+the texts that need it, so the common case costs next to nothing.
 """
 
 from __future__ import annotations
@@ -49,18 +49,17 @@ def encode(
 ) -> Encoded:
     """``tokenizer(texts)`` (BOS included, truncated to ``max_length`` if given) with the slow tokenizer's ids."""
     kwargs = dict(max_length=max_length, truncation=True) if max_length is not None else {}
-    scheme = prefix_scheme(tokenizer)
-    want_offsets = offsets or scheme == "always"
-    encoded = tokenizer(list(texts), return_offsets_mapping=want_offsets, **kwargs)
+    encoded = tokenizer(list(texts), return_offsets_mapping=offsets, **kwargs)
     ids = encoded["input_ids"]
-    spans = encoded["offset_mapping"] if want_offsets else None
+    spans = encoded["offset_mapping"] if offsets else None
+    scheme = prefix_scheme(tokenizer)
     if scheme is None:
-        return Encoded(ids, spans if offsets else None)
-
-    added = set(tokenizer.added_tokens_decoder) if scheme == "always" else set()
+        return Encoded(ids, spans)
+    # legacy: true splits at every added token (special or not), as the slow tokenizer's trie does.
+    added = [token.content for token in tokenizer.added_tokens_decoder.values()] if scheme == "always" else []
     redo = {}
     for index, text in enumerate(texts):
-        positions = _missing_prefixes(text, scheme, ids[index], spans[index] if spans else None, added)
+        positions = _missing_prefixes(text, added)
         if positions:
             redo[index] = positions
     if redo:
@@ -71,22 +70,28 @@ def encode(
             ids[index] = again["input_ids"][row]
             if offsets:
                 spans[index] = _map_back(again["offset_mapping"][row], redo[index])
-    return Encoded(ids, spans if offsets else None)
+    return Encoded(ids, spans)
 
 
-def _missing_prefixes(text, scheme, ids, spans, added) -> list[int]:
-    """Where the slow tokenizer puts a "▁" that the fast one leaves out: before pieces starting with a space."""
-    positions = [0] if text.startswith(_LEADING_SPACE) else []
-    if scheme == "always":
-        for token, (_, end) in zip(ids, spans):
-            if token in added and end < len(text) and text[end] in _LEADING_SPACE and end not in positions:
-                positions.append(end)
-    return positions
+def _missing_prefixes(text: str, added: Sequence[str]) -> list[int]:
+    """Where the slow tokenizer puts a "▁" that the fast one leaves out: before pieces starting with a space.
+
+    That is the start of the text, and (``added`` given, for legacy: true) every point right after an added token.
+    """
+    positions = {0} if text.startswith(_LEADING_SPACE) else set()
+    for content in added:
+        start = text.find(content)
+        while start != -1:
+            end = start + len(content)
+            if end < len(text) and text[end] in _LEADING_SPACE:
+                positions.add(end)
+            start = text.find(content, end)
+    return sorted(positions)
 
 
 def _insert_spaces(text: str, positions: Sequence[int]) -> str:
     pieces, previous = [], 0
-    for position in sorted(positions):
+    for position in positions:
         pieces.append(text[previous:position])
         pieces.append(" ")
         previous = position
@@ -96,8 +101,7 @@ def _insert_spaces(text: str, positions: Sequence[int]) -> str:
 
 def _map_back(spans, positions) -> list[tuple[int, int]]:
     """Offsets in the patched text -> offsets in the original; an inserted space maps onto the space after it."""
-    inserted = sorted(positions)
-    patched_at = [position + count for count, position in enumerate(inserted)]  # where each insert landed
+    patched_at = [position + count for count, position in enumerate(positions)]  # where each insert landed
 
     def original(index: int) -> int:
         shift = sum(1 for spot in patched_at if spot < index)
