@@ -275,6 +275,9 @@ def test_counts_and_coverage(comparison):
     _, outcomes = comparison
     counts = Counter(kind for _, (kind, _) in outcomes)
     logger.info("upstream label comparison: %d records, %s", len(outcomes), dict(counts))
+    for legacy in LEGACY:
+        mine = Counter(kind for case, (kind, _) in outcomes if case.tokenizer.startswith(legacy))
+        logger.info("  %s: %d records, %s", legacy, sum(mine.values()), dict(mine))
     assert counts["FAIL"] == 0
     # Upstream keeps most of these conversations: the comparison really happens, for every template and both legacy
     # settings (ChatML only in its kept-but-shifted form).
