@@ -2,7 +2,7 @@
 
 Upstream's side runs in the reference environment (llava-torch 1.2.2.post1, transformers 4.37.2, peft 0.10.0):
 its ``load_pretrained_model`` on our LoRA output dir, a ``checkpoint-N/``, a QLoRA run (loaded unquantized, as
-upstream loads any LoRA run), a projector-pretraining run and a model merged by our script; the merge of upstream's
+upstream loads any LoRA run), a projector-pretraining run, a full fine-tune and a model merged by our script; the merge of upstream's
 ``scripts/merge_lora_weights.py`` (its body: the llava-torch package does not ship ``scripts/``) on our run; and
 its own ``train.py`` making a LoRA run that our loader reads. Folder names are ones upstream's builder accepts (it
 picks the kind from "llava" / "lora" in the name). Both sides load in float16 (upstream's only choice) and run the
@@ -46,6 +46,9 @@ TEXTS = [
 ]
 
 
+RUNS = ["lora", "checkpoint", "qlora", "projector", "full", "merged by us"]
+
+
 def fp16_tolerance(logits: torch.Tensor, ulps: int = 2) -> float:
     """``ulps`` float16 steps at the largest logit's magnitude."""
     scale = logits.abs().max().item()
@@ -80,6 +83,8 @@ def runs(tiny, tmp_path_factory):
             group_by_modality_length=False, learning_rate=1e-2, max_steps=2, save_steps=2,
         )
     )  # fmt: skip
+    full = root / "llava-tiny-full"  # a full fine-tune: a save_pretrained folder
+    train(argv=multimodal_flags(tiny, full, lora_enable=False, mm_projector_lr=None, max_steps=1, save_strategy="no"))
     merged = root / "llava-tiny-merged"
     subprocess.run(
         [sys.executable, str(REPO_ROOT / "scripts" / "merge_lora_weights.py"), "--model-path", str(lora),
@@ -92,6 +97,7 @@ def runs(tiny, tmp_path_factory):
         ("checkpoint", lora / "checkpoint-2", tiny.llm),
         ("qlora", qlora, tiny.llava),
         ("projector", projector, tiny.llm),
+        ("full", full, None),
         ("merged by us", merged, None),
     ], root
 
@@ -157,7 +163,7 @@ def upstream_reads_ours(runs, inputs, upstream, tiny):
     return answer["results"], root, upstream_merged
 
 
-@pytest.mark.parametrize("name", ["lora", "checkpoint", "qlora", "projector", "merged by us"])
+@pytest.mark.parametrize("name", RUNS)
 def test_upstream_loads_our_runs_with_our_logits(upstream_reads_ours, runs, inputs, name):
     results, root, _ = upstream_reads_ours
     folder, base = {run[0]: run[1:] for run in runs[0]}[name]
@@ -187,7 +193,7 @@ def test_upstream_merge_of_our_run_loads_in_both_with_the_same_logits(upstream_r
         assert difference <= fp16_tolerance(theirs), (label, difference)
 
 
-@pytest.mark.parametrize("name", ["lora", "checkpoint", "qlora", "projector", "merged by us"])
+@pytest.mark.parametrize("name", RUNS)
 def test_upstream_tokenizers_read_our_tokenizer_files_with_our_ids(upstream_reads_ours, runs, name):
     from transformers import AutoTokenizer
 
@@ -202,7 +208,7 @@ def test_upstream_tokenizers_read_our_tokenizer_files_with_our_ids(upstream_read
     assert answer["fast"]["ids"] == expected
 
 
-@pytest.mark.parametrize("name", ["lora", "checkpoint", "qlora", "projector", "merged by us"])
+@pytest.mark.parametrize("name", RUNS)
 def test_transformers4_reads_our_config(upstream_reads_ours, runs, name):
     results, _, _ = upstream_reads_ours
     folder = {run[0]: run[1] for run in runs[0]}[name]
