@@ -27,6 +27,7 @@ from llava.train.llava_trainer import LLaVATrainer
 from llava.train.lora import add_lora, cast_kbit_modules, enable_input_grads, find_all_linear_names
 from llava.train.lora import prepare_for_kbit_training
 from llava.train.model_setup import (
+    align_trainable_dtypes,
     load_model,
     load_tokenizer,
     setup_template,
@@ -101,6 +102,7 @@ def train(attn_implementation: Optional[str] = None, argv: Optional[Sequence[str
         )
     if training_args.bits in (4, 8):
         cast_kbit_modules(model, training_args)
+    align_trainable_dtypes(model, training_args)
 
     data_module = make_supervised_data_module(tokenizer=tokenizer, data_args=data_args, **dataset_kwargs)
     trainer = LLaVATrainer(model=model, processing_class=tokenizer, args=training_args, **data_module)
