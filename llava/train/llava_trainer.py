@@ -252,7 +252,8 @@ class LLaVATrainer(Trainer):
         frozen = sorted({str(p.dtype).removeprefix("torch.") for p in self.model.parameters() if not p.requires_grad})
         precision = "--bf16" if self.args.bf16 else "--fp16" if self.args.fp16 else "float32 (no --bf16 / --fp16)"
         return (
-            f"step {self.state.global_step}: {what} is not finite (NaN or inf). Training stopped; nothing of this "
+            f"step {self.state.global_step}: {what} {'are' if loss_bad and norm_bad else 'is'} not finite (NaN or "
+            "inf). Training stopped; nothing of this "
             f"step was saved (checkpoints written before it are intact). Dtypes in use: {precision}, trainable "
             f"parameters {', '.join(trainable) or '-'}, frozen weights {', '.join(frozen) or '-'}. What to change: "
             "lower --learning_rate (or raise --warmup_ratio); keep trainable weights in float32 or bf16 "
