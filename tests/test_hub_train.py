@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from hub_cache import use_hub_cache
+from train_helpers import LORA_FILES, checkpoints, files_in, load_bin, logged_losses, multimodal_flags
+
 from llava import tiny as tiny_lib
 from llava.model.hub import resolve_model_dir
 from llava.train.train import train
-from train_helpers import LORA_FILES, checkpoints, files_in, load_bin, logged_losses, multimodal_flags
 
 pytestmark = pytest.mark.slow
 REPO_ROOT = Path(__file__).resolve().parents[1]

@@ -11,14 +11,18 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
-
+from hub_cache import use_hub_cache
 from launch import REPO_ROOT, TEST_TIMEOUT_S, launch_env
-from llava import tiny as tiny_lib
 from train_helpers import LORA_FILES, files_in, load_bin, load_config
+
+from llava import tiny as tiny_lib
+from llava.model.builder import load_pretrained_model
+from llava.model.hub import resolve_model_dir
 
 SCRIPTS = REPO_ROOT / "scripts" / "v1_5"
 # One optimizer step at upstream's batch size of 16, on the one process the CPU accelerator reports here.
@@ -84,20 +88,14 @@ def test_upstream_lora_script_runs_unchanged(tiny, hub_cache, tmp_path, script, 
     assert (config["model_type"], config["mm_vision_tower"]) == ("llava_llama", tiny_lib.CLIP_336_REPO)
     assert json.loads((output_dir / "adapter_config.json").read_text())["r"] == 128
 
-    from llava.model.builder import load_pretrained_model
-
     # The run loads back over the hub id it was trained from, as upstream's README does it.
-    import hub_cache as hub_helpers
-
     with pytest.MonkeyPatch.context() as monkeypatch:
-        hub_helpers.use_hub_cache(monkeypatch, hub_cache)
+        use_hub_cache(monkeypatch, hub_cache)
         _, model, processor, _ = load_pretrained_model(output_dir, base, device="cpu")
     assert processor is not None and all(torch.isfinite(p).all() for p in model.parameters())
 
 
 def test_extract_mm_projector_from_the_release(hub, tmp_path):
-    import sys
-
     output = tmp_path / "mm_projector.bin"
     result = subprocess.run(
         [sys.executable, str(REPO_ROOT / "scripts" / "extract_mm_projector.py"), "--model-path",
@@ -106,8 +104,6 @@ def test_extract_mm_projector_from_the_release(hub, tmp_path):
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     extracted = load_bin(output)
-    from llava.model.hub import resolve_model_dir
-
     release = resolve_model_dir(tiny_lib.LLAVA_7B_REPO)
     index = json.loads((release / "pytorch_model.bin.index.json").read_text())["weight_map"]
     expected_keys = {key for key in index if "mm_projector" in key}

@@ -1,38 +1,24 @@
 """LLaVA training entry point: `python llava/train/train.py ...` (or `deepspeed llava/train/train_mem.py ...`).
 
-`train()` reads as its steps: parse and validate the flags -> seed -> model -> k-bit preparation -> LoRA ->
-tokenizer and template -> vision modules -> data -> trainer -> train (resuming from the last `checkpoint-*`) ->
-save. Upstream's public names are importable from here, as they were from upstream's train.py.
+`train()` parses and validates the flags; `run()` is the job, in steps: set up distributed -> seed -> check the data
+-> model -> k-bit preparation -> LoRA -> tokenizer and template -> vision modules -> data -> trainer -> train
+(resuming from the last `checkpoint-*`) -> save. Upstream's public names are importable from here, as they were from upstream's train.py.
 """
 
 from __future__ import annotations
 
 import logging
 import pathlib
-from typing import Optional, Sequence
+from collections.abc import Sequence
+from typing import Optional
 
 import transformers
 
 from llava.conversation import get_conv_template, template_name
-from llava.data.validation import validate_for_training
-from llava.train.arguments import DataArguments, ModelArguments, TrainingArguments, parse_args
 from llava.data.dataset import (
     DataCollatorForSupervisedDataset,
     LazySupervisedDataset,
     make_supervised_data_module,
-)
-from llava.data.records import load_records
-from llava.distributed.state import is_main_process
-from llava.train.llava_trainer import LLaVATrainer
-from llava.train.lora import add_lora, cast_kbit_modules, enable_input_grads, find_all_linear_names
-from llava.train.lora import prepare_for_kbit_training
-from llava.train.model_setup import (
-    align_trainable_dtypes,
-    load_model,
-    load_tokenizer,
-    setup_template,
-    setup_vision_modules,
-    smart_tokenizer_and_embedding_resize,
 )
 from llava.data.preprocess import (
     preprocess,
@@ -42,13 +28,34 @@ from llava.data.preprocess import (
     preprocess_plain,
     preprocess_v1,
 )
-from llava.train.saving import safe_save_model_for_hf_trainer
+from llava.data.records import load_records
+from llava.data.validation import validate_for_training
+from llava.distributed.state import is_main_process
 from llava.distributed.zero3 import (
     get_mm_adapter_state_maybe_zero_3,
     get_peft_state_maybe_zero_3,
     get_peft_state_non_lora_maybe_zero_3,
     maybe_zero_3,
 )
+from llava.model.files import CHECKPOINT_GLOB
+from llava.train.arguments import DataArguments, ModelArguments, TrainingArguments, parse_args
+from llava.train.llava_trainer import LLaVATrainer
+from llava.train.lora import (
+    add_lora,
+    cast_kbit_modules,
+    enable_input_grads,
+    find_all_linear_names,
+    prepare_for_kbit_training,
+)
+from llava.train.model_setup import (
+    align_trainable_dtypes,
+    load_model,
+    load_tokenizer,
+    setup_template,
+    setup_vision_modules,
+    smart_tokenizer_and_embedding_resize,
+)
+from llava.train.saving import safe_save_model_for_hf_trainer
 
 __all__ = [
     "DataArguments",
@@ -74,7 +81,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-CHECKPOINT_GLOB = "checkpoint-*"
 
 
 def train(attn_implementation: Optional[str] = None, argv: Optional[Sequence[str]] = None) -> LLaVATrainer:
@@ -83,8 +89,19 @@ def train(attn_implementation: Optional[str] = None, argv: Optional[Sequence[str
     Returns the trainer (upstream returns None), whose `model` and `state` describe the finished run.
     """
     model_args, data_args, training_args = parse_args(argv)
+    return run(model_args, data_args, training_args, attn_implementation=attn_implementation)
+
+
+def run(
+    model_args: ModelArguments,
+    data_args: DataArguments,
+    training_args: TrainingArguments,
+    attn_implementation: Optional[str] = None,
+) -> LLaVATrainer:
+    """The training job itself, as a function of the three parsed argument dataclasses."""
+    training_args.setup_distributed()
     _configure_logging()
-    # Before the model and LoRA exist, so that the same seed gives the same run (upstream seeded later, SPEC 4.8).
+    # Before the model and LoRA exist, so that the same seed gives the same run (docs/upstream_differences.md #8).
     _seed(training_args)
     records = _check_data(model_args, data_args)
 
@@ -130,7 +147,8 @@ def _seed(training_args: TrainingArguments) -> None:
 
 def _check_data(model_args: ModelArguments, data_args: DataArguments) -> list[dict]:
     """Read the data and check every sample cheaply (structure, roles, image placeholders, image files exist)
-    before anything heavy loads; a problem stops the run with the data checker's message (upstream #677, #732)."""
+    before anything heavy loads; a problem stops the run with the data checker's message (upstream #677, #732), or
+    with `--skip_invalid_samples` drops the sample (logging it)."""
     records = load_records(data_args.data_path)
     report = validate_for_training(
         records,
@@ -139,6 +157,8 @@ def _check_data(model_args: ModelArguments, data_args: DataArguments) -> list[di
         conv=get_conv_template(template_name(model_args.version)),
         is_multimodal=model_args.vision_tower is not None,
     )
+    if data_args.skip_invalid_samples:
+        return report.drop_invalid(records, logger)
     report.enforce(logger)
     return records
 

@@ -19,6 +19,7 @@ import torch.nn as nn
 from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM, LlamaModel
 from transformers.models.llama.modeling_llama import LlamaPreTrainedModel
 
+from ..files import CONFIG_FILE
 from ..llava_arch import LlavaMetaForCausalLM, LlavaMetaModel
 
 
@@ -29,7 +30,6 @@ class LlavaConfig(LlamaConfig):
 # Upstream's own checkpoints: "llava" (what the releases' transformers 4.31 wrote) and "llava_llama" (ours, and
 # upstream's since). Both hold a Llama's fields at the top level plus the `mm_*` fields.
 UPSTREAM_LLAVA_MODEL_TYPES = ("llava", "llava_llama")
-CONFIG_FILE = "config.json"
 
 
 def is_llava_config(config: dict[str, Any]) -> bool:
