@@ -245,3 +245,88 @@ def test_pretrain_adapter_may_be_a_hub_file(hub, tiny, adapter, problem):
     with pytest.raises(ArgumentsError) as caught:
         parse_args(argv)
     assert problem in str(caught.value) and str(caught.value).startswith("1 problem(s)")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Dtypes and non-finite weights
+
+
+@pytest.mark.parametrize(
+    ("deepspeed", "bf16", "fp16", "current", "expected"),
+    [
+        # DeepSpeed: one dtype for every trainable parameter, the engine's (ZeRO-2 and ZeRO-3 alike).
+        ("zero3.json", True, False, torch.float32, torch.bfloat16),  # PEFT's fp32 LoRA next to a bf16 projector
+        ("zero3.json", True, False, torch.float16, torch.bfloat16),
+        ("zero2.json", False, True, torch.float32, torch.float16),
+        ("zero2.json", False, False, torch.float16, torch.float32),
+        ("zero3.json", False, False, torch.bfloat16, torch.float32),
+        # Without DeepSpeed the optimizer steps the parameters: never fp16, bf16 only with --bf16.
+        (None, False, False, torch.float16, torch.float32),
+        (None, False, True, torch.float16, torch.float32),
+        (None, False, False, torch.bfloat16, torch.float32),
+        (None, True, False, torch.bfloat16, torch.bfloat16),
+        (None, True, False, torch.float32, torch.float32),
+    ],
+)
+def test_trainable_dtype(deepspeed, bf16, fp16, current, expected):
+    import types
+
+    from llava.train.model_setup import trainable_dtype
+
+    args = types.SimpleNamespace(deepspeed=deepspeed, bf16=bf16, fp16=fp16)
+    assert trainable_dtype(args, current) == expected
+
+
+def test_align_casts_whole_parameters_and_names_a_partitioned_one():
+    import types
+
+    from llava.train.model_setup import align_trainable_dtypes
+
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 2).half(), torch.nn.Linear(2, 2).half())
+    model[2].requires_grad_(False)
+    args = types.SimpleNamespace(deepspeed="zero3.json", bf16=True, fp16=False)
+    align_trainable_dtypes(model, args)
+    assert [p.dtype for p in model.parameters()] == [torch.bfloat16] * 4 + [torch.float16] * 2  # frozen: untouched
+    model[0].weight.data = model[0].weight.data.float()
+    model[0].weight.ds_id = 0  # a ZeRO-3 partition cannot be cast in place
+    with pytest.raises(ValueError, match=r"partitioned by ZeRO-3 in another dtype than the run's torch.bfloat16: 0.weight"):
+        align_trainable_dtypes(model, args)
+
+
+def test_loader_refuses_non_finite_weights(tiny, tmp_path):
+    import shutil
+
+    from safetensors.torch import save_file
+
+    from llava.model.builder import load_pretrained_model
+
+    broken = tmp_path / "diverged"
+    shutil.copytree(tiny.llava, broken)
+    state = load_file(broken / "model.safetensors")
+    state["model.layers.1.mlp.up_proj.weight"][0, 0] = float("nan")
+    save_file(state, broken / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(ValueError, match=r"has weights with NaN or inf values: model.layers.1.mlp.up_proj.weight"):
+        load_pretrained_model(broken, None, device="cpu")
+
+
+def test_merge_refuses_weights_past_the_saved_dtype(tiny, tmp_path):
+    import argparse
+    import importlib.util
+    import shutil
+
+    from safetensors.torch import save_file
+
+    spec = importlib.util.spec_from_file_location("merge_lora_weights", REPO_ROOT / "scripts" / "merge_lora_weights.py")
+    merge = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(merge)
+    large = tmp_path / "large"
+    shutil.copytree(tiny.llava, large)
+    state = load_file(large / "model.safetensors")
+    state["model.layers.0.mlp.down_proj.weight"][0, 0] = 1e6  # finite in fp32, inf in fp16 (max 65504)
+    save_file(state, large / "model.safetensors", metadata={"format": "pt"})
+    args = argparse.Namespace(model_path=str(large), model_base=None, save_model_path=str(tmp_path / "out"), dtype="float16")
+    with pytest.raises(ValueError, match=r"model.layers.0.mlp.down_proj.weight exceed the range of float16"):
+        merge.merge_lora(args)
+    assert not (tmp_path / "out").exists()
+    args.dtype = "bfloat16"
+    assert merge.merge_lora(args) == tmp_path / "out"
