@@ -91,7 +91,8 @@ class LlavaMetaModel:
                 param.requires_grad = True
         if "unpad" in merge_type and getattr(self, "image_newline", None) is None:
             # Also when the projector came with the checkpoint: a LLaVA-1.5 model (flat merge, no newline) moved to
-            # 1.6-style spatial_unpad tiles has none yet; it is trained from here and saved with the projector.
+            # 1.6-style spatial_unpad tiles has none yet; it is trained from here and saved with the projector
+            # (docs/upstream_differences.md #14).
             std = self.config.hidden_size**-0.5
             self.image_newline = nn.Parameter(torch.randn(self.config.hidden_size, dtype=self.dtype) * std)
 

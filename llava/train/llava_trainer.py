@@ -14,7 +14,7 @@ What it adds to `Trainer`, as upstream does (and where upstream is buggy, fixed)
 - A non-finite loss or gradient norm stops the run at that step (:class:`NonFiniteTrainingError`), before that
   step's checkpoint is written, and no save ever writes NaN or inf weights. Transformers only hides such a loss
   (`logging_nan_inf_filter`) and keeps training: an fp16 model logged `loss 0`, `grad_norm nan`, exited 0 and saved
-  NaN adapter weights.
+  NaN adapter weights (docs/upstream_differences.md #13).
 """
 
 from __future__ import annotations

@@ -211,9 +211,9 @@ def trainable_dtype(training_args: TrainingArguments, current: torch.dtype) -> t
 
     Under DeepSpeed every trainable parameter has the engine's dtype (bf16 / fp16 / fp32): ZeRO flattens them into
     one buffer per group, and stage 3 asserts a single dtype (the `finetune_task_lora.sh` crash: PEFT makes the
-    LoRA weights fp32 while the checkpoint's projector is bf16). Without DeepSpeed, the optimizer steps the
-    parameters themselves: fp16 is never a master dtype (no loss scaler manages it; AdamW turns it into NaN), and
-    bf16 only with `--bf16`, as upstream.
+    LoRA weights fp32 while the checkpoint's projector is bf16; docs/upstream_differences.md #12). Without
+    DeepSpeed, the optimizer steps the parameters themselves: fp16 is never a master dtype (no loss scaler manages
+    it; AdamW turns it into NaN), and bf16 only with `--bf16`, as upstream.
     """
     if training_args.deepspeed:
         return compute_dtype(training_args)
