@@ -153,3 +153,28 @@ def test_saving_refuses_non_finite_weights(tmp_path):
     with pytest.raises(NonFiniteWeightsError, match=r"not saving .*: the weights b, c hold NaN or inf"):
         refuse_nonfinite({"a": torch.ones(2), "b": torch.tensor([float("nan")]), "c": torch.tensor([float("inf")])}, str(tmp_path))
     assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.dist
+def test_zero3_bf16_lora_over_the_release_with_spatial_unpad(tiny, hub, tmp_path):
+    """The issue's two crashes at once: mixed trainable dtypes under ZeRO-3 with --bf16 on the fp16 release, and
+    the missing image_newline when a 1.5 model moves to spatial_unpad; 2 processes, every parameter partitioned."""
+    from launch import launch_deepspeed
+
+    config = json.loads((REPO_ROOT / "configs" / "zero3.json").read_text())
+    config["zero_optimization"]["stage3_param_persistence_threshold"] = 0
+    (tmp_path / "zero3.json").write_text(json.dumps(config))
+    output_dir = tmp_path / "run"
+    pinpoints = json.dumps(tiny_lib.IMAGE_GRID_PINPOINTS).replace(" ", "")
+    argv = _release_flags(
+        tiny, output_dir, deepspeed=tmp_path / "zero3.json", bf16=True, image_aspect_ratio="anyres",
+        mm_patch_merge_type="spatial_unpad", image_grid_pinpoints=pinpoints, max_steps=2, save_steps=2,
+    )  # fmt: skip
+    launch_deepspeed(REPO_ROOT / "llava" / "train" / "train_mem.py", argv, num_procs=2)
+    assert files_in(output_dir) == LORA_FILES | {"trainer_state.json"}
+    non_lora = load_bin(output_dir / "non_lora_trainables.bin")
+    newline = non_lora["base_model.model.model.image_newline"]
+    assert newline.shape == (tiny_lib.LLM_HIDDEN,) and newline.dtype == torch.bfloat16
+    assert non_lora["base_model.model.model.mm_projector.0.weight"].shape == (tiny_lib.LLM_HIDDEN, tiny_lib.CLIP_HIDDEN)
+    for state in (non_lora, load_bin(output_dir / "adapter_model.bin")):
+        assert all(tensor.dtype == torch.bfloat16 and torch.isfinite(tensor).all() for tensor in state.values())
