@@ -330,3 +330,13 @@ def test_merge_refuses_weights_past_the_saved_dtype(tiny, tmp_path):
     assert not (tmp_path / "out").exists()
     args.dtype = "bfloat16"
     assert merge.merge_lora(args) == tmp_path / "out"
+
+
+def test_cache_dir_is_honoured(hub_cache, tmp_path, monkeypatch):
+    from hub_cache import use_hub_cache
+
+    use_hub_cache(monkeypatch, tmp_path / "empty-home")  # the default cache has nothing
+    with pytest.raises(HubResolutionError, match="cache .*empty-home"):
+        resolve_model_dir(tiny_lib.VICUNA_7B_REPO)
+    resolved = resolve_model_dir(tiny_lib.VICUNA_7B_REPO, cache_dir=hub_cache / "hub")
+    assert resolved.parent.parent == hub_cache / "hub" / "models--lmsys--vicuna-7b-v1.5"

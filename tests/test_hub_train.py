@@ -178,3 +178,20 @@ def test_zero3_bf16_lora_over_the_release_with_spatial_unpad(tiny, hub, tmp_path
     assert non_lora["base_model.model.model.mm_projector.0.weight"].shape == (tiny_lib.LLM_HIDDEN, tiny_lib.CLIP_HIDDEN)
     for state in (non_lora, load_bin(output_dir / "adapter_model.bin")):
         assert all(tensor.dtype == torch.bfloat16 and torch.isfinite(tensor).all() for tensor in state.values())
+
+
+@pytest.mark.parametrize(
+    ("overrides", "trainable"),
+    [
+        ({"bits": 4}, {torch.float32}),
+        ({"bits": 4, "bf16": True}, {torch.bfloat16}),
+        ({"bits": 8}, {torch.float32}),
+        ({"bf16": True}, {torch.float32, torch.bfloat16}),  # no DeepSpeed: PEFT's fp32 LoRA next to bf16 weights
+    ],
+)
+def test_lora_and_qlora_from_the_fp16_release_train_finite(tiny, hub, tmp_path, overrides, trainable):
+    trainer = train(argv=_release_flags(tiny, tmp_path / "run", max_steps=2, save_steps=2, **overrides))
+    assert {param.dtype for param in trainer.model.parameters() if param.requires_grad} == trainable
+    assert not any(param.dtype == torch.float16 for param in trainer.model.parameters() if param.is_floating_point())
+    losses = logged_losses(trainer.state.log_history)
+    assert sorted(losses) == [1, 2] and all(0 < loss < 100 for loss in losses.values())
