@@ -60,6 +60,7 @@ def _run_script(script: str, cwd: Path, hf_home: Path) -> subprocess.CompletedPr
 
 
 @pytest.mark.slow
+@pytest.mark.dist
 @pytest.mark.parametrize(
     ("script", "output", "base"),
     [
