@@ -676,7 +676,9 @@ def build_hub_cache(hf_home: str | Path, paths: TinyPaths | None = None, seed: i
     if paths is None:
         paths = build_all(hf_home / "tiny", seed=seed)
     stamp = hub_dir / ".tiny-hub-build.json"
-    wanted = {"version": HUB_BUILD_VERSION, "tiny_version": BUILD_VERSION, "source": str(paths.root)}
+    source_stamp = paths.root / ".tiny-build.json"
+    source = json.loads(source_stamp.read_text()) if source_stamp.exists() else None
+    wanted = {"version": HUB_BUILD_VERSION, "source": str(paths.root), "source_build": source}
     if stamp.exists() and json.loads(stamp.read_text()) == wanted:
         return hub_dir
     stages = [(CLIP_336_REPO, lambda d: _stage_clip(d, paths)), (PROJECTOR_7B_REPO, lambda d: _stage_projector(d, paths))]

@@ -340,3 +340,15 @@ def test_cache_dir_is_honoured(hub_cache, tmp_path, monkeypatch):
         resolve_model_dir(tiny_lib.VICUNA_7B_REPO)
     resolved = resolve_model_dir(tiny_lib.VICUNA_7B_REPO, cache_dir=hub_cache / "hub")
     assert resolved.parent.parent == hub_cache / "hub" / "models--lmsys--vicuna-7b-v1.5"
+
+
+def test_tiny_cli_writes_the_hub_cache(tiny, tmp_path, capsys):
+    tiny_lib.main([str(tiny.root), "--hub-cache", str(tmp_path)])
+    assert f"hub cache: {tmp_path / 'hub'} (HF_HOME={tmp_path})" in capsys.readouterr().out
+    repos = sorted(path.name for path in (tmp_path / "hub").glob("models--*"))
+    expected = [tiny_lib.CLIP_336_REPO, tiny_lib.PROJECTOR_7B_REPO, *tiny_lib.VICUNA_REPOS, *tiny_lib.LLAVA_REPOS]
+    assert repos == sorted(f"models--{repo.replace('/', '--')}" for repo in expected)
+    # Same files, same revision: a rebuild elsewhere gives the same cache.
+    revision = (tmp_path / "hub" / "models--liuhaotian--llava-v1.5-7b" / "refs" / "main").read_text()
+    tiny_lib.build_hub_cache(tmp_path / "again", tiny)
+    assert (tmp_path / "again" / "hub" / "models--liuhaotian--llava-v1.5-7b" / "refs" / "main").read_text() == revision
