@@ -240,6 +240,11 @@ class LLaVATrainer(Trainer):
     """`Trainer` for LLaVA: modality-grouped sampling, projector learning rate, LLaVA's output files."""
 
     def __init__(self, *args, **kwargs):
+        training_args = kwargs["args"] if "args" in kwargs else (args[1] if len(args) > 1 else None)
+        if training_args is not None:
+            # transformers' own arguments set up their devices when they are built, and Trainer relies on that
+            # (it creates the Accelerator first); ours wait for this first use (llava.train.arguments).
+            _ = training_args.device
         super().__init__(*args, **kwargs)
         self._label_counts = _LabelCounts()
         every = getattr(self.args, "console_log_steps", 0)
