@@ -11,14 +11,15 @@ raises once, before any model is loaded.
 from __future__ import annotations
 
 import ast
-import json
 import importlib.util
+import json
 import logging
 import os
 import re
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Optional, Sequence, get_args
+from typing import Literal, Optional, get_args
 
 import torch
 import transformers
@@ -45,7 +46,7 @@ PROJECTOR_TYPE_PATTERN = re.compile(r"linear|identity|mlp(\d+)x_gelu")
 class ModelArguments:
     model_name_or_path: Optional[str] = field(
         default="facebook/opt-125m",
-        metadata={"help": "Language model (or LLaVA checkpoint) directory to start from."},
+        metadata={"help": "Language model (or LLaVA checkpoint) to start from: a directory or a hub id."},
     )
     version: Optional[str] = field(
         default="v0",
@@ -59,13 +60,17 @@ class ModelArguments:
         default=False, metadata={"help": "Projector pretraining: train only the multimodal projector."}
     )
     vision_tower: Optional[str] = field(
-        default=None, metadata={"help": "CLIP vision tower directory; without it the run is text-only."}
+        default=None, metadata={"help": "CLIP vision tower (directory or hub id); without it the run is text-only."}
     )
     mm_vision_select_layer: Optional[int] = field(
         default=-1, metadata={"help": "Vision tower hidden layer whose features feed the projector (-2 in LLaVA-1.5)."}
     )
     pretrain_mm_mlp_adapter: Optional[str] = field(
-        default=None, metadata={"help": "mm_projector.bin from a projector-pretraining run, loaded into the projector."}
+        default=None,
+        metadata={
+            "help": "mm_projector.bin from a projector-pretraining run (a path, or owner/name/mm_projector.bin on "
+            "the hub), loaded into the projector."
+        },
     )
     mm_projector_type: Optional[str] = field(
         default="linear", metadata={"help": "Projector: 'linear', 'mlp<N>x_gelu' (LLaVA-1.5: mlp2x_gelu) or 'identity'."}
@@ -138,6 +143,14 @@ class TrainingArguments(transformers.TrainingArguments):
     mm_projector_lr: Optional[float] = field(
         default=None, metadata={"help": "Learning rate for the projector (default: --learning_rate)."}
     )
+    console_log_steps: int = field(
+        default=0,
+        metadata={
+            "help": "Print one short line (loss, grad norm, learning rate) every N training steps under the progress "
+            "bar, instead of transformers' dict for every log; 0 keeps transformers' output. Logs and reporters "
+            "still get every --logging_steps."
+        },
+    )
     group_by_modality_length: bool = field(
         default=False, metadata={"help": "Batch image and text-only samples separately, grouped by length."}
     )
@@ -195,10 +208,12 @@ class TrainingArguments(transformers.TrainingArguments):
         if self.__dict__.get("_distributed_ready"):
             return
         self._distributed_ready = True
-        if self.deepspeed and not torch.cuda.is_available():
-            from llava.distributed.state import init_distributed_state
+        if self.deepspeed:
+            from llava.distributed.state import init_distributed_state, silence_deepspeed_deprecations
 
-            init_distributed_state(self.deepspeed)
+            silence_deepspeed_deprecations()
+            if not torch.cuda.is_available():
+                init_distributed_state(self.deepspeed)
         _ = self.device
         if self.deepspeed:
             # What transformers' __post_init__ does with --deepspeed, now that the world size is known.
@@ -227,6 +242,8 @@ class TrainingArguments(transformers.TrainingArguments):
             warnings.warn("--fp16 is not supported on CPU; training in bf16 instead.", stacklevel=3)
             self.fp16 = False
             self.bf16 = True
+        # Pinned memory only helps copies to a GPU (torch warns at every dataloader start without one).
+        self.dataloader_pin_memory = False
         if self.bf16 or self.deepspeed:
             # transformers refuses bf16 on CPU unless told the run is meant for the CPU; DeepSpeed's CPU state too.
             self.use_cpu = True
@@ -358,11 +375,26 @@ def _check_files(model_args: ModelArguments, data_args: DataArguments) -> list[s
         problems.append(f"--image_folder {data_args.image_folder!r} does not exist or is not a folder.")
     adapter = model_args.pretrain_mm_mlp_adapter
     if adapter is not None and not os.path.isfile(adapter):
-        problems.append(
-            f"--pretrain_mm_mlp_adapter {adapter!r} does not exist; pass the mm_projector.bin written by a "
-            "--tune_mm_mlp_adapter run."
-        )
+        problems += _check_hub_file(adapter)
     return problems
+
+
+def _check_hub_file(adapter: str) -> list[str]:
+    """`--pretrain_mm_mlp_adapter owner/name/mm_projector.bin` names a file on the hub (upstream's released
+    projectors); it must resolve (from the cache when offline) before anything loads."""
+    from llava.model.hub import HubResolutionError, is_hub_id, resolve_file
+
+    if not is_hub_id("/".join(adapter.split("/")[:2])):
+        return [
+            f"--pretrain_mm_mlp_adapter {adapter!r} does not exist; pass the mm_projector.bin written by a "
+            "--tune_mm_mlp_adapter run, or a file on the hub such as "
+            "liuhaotian/llava-v1.5-mlp2x-336px-pretrain-vicuna-7b-v1.5/mm_projector.bin."
+        ]
+    try:
+        resolve_file(adapter, what="--pretrain_mm_mlp_adapter")
+    except HubResolutionError as error:
+        return [str(error)]
+    return []
 
 
 def _check_combinations(
