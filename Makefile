@@ -12,11 +12,19 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e ".[train,test]"
 	touch $@
 
-.PHONY: setup test demo bench
+.PHONY: setup test test-fast lint demo bench
 setup: $(VENV)/.installed
 
 test: setup
 	$(PY) -m pytest -ra --durations=15
+
+# The inner loop: everything but process launches and benchmarks (under 2 minutes on 2 cores).
+test-fast: setup
+	$(PY) -m pytest -q -m "not dist and not bench and not upstream" -p no:cacheprovider
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 demo: setup
 	$(PY) -m llava.demo

@@ -14,10 +14,3 @@ DEFAULT_IMAGE_PATCH_TOKEN = "<im_patch>"
 DEFAULT_IM_START_TOKEN = "<im_start>"
 DEFAULT_IM_END_TOKEN = "<im_end>"
 IMAGE_PLACEHOLDER = "<image-placeholder>"
-
-# Kept out of bitsandbytes quantization, in training (--bits 4|8) and loading (load_4bit / load_8bit) alike: the
-# projector trains in full precision (upstream), the vision tower is never quantized, and the output head stays
-# whole (transformers' own default) so that added tokens can resize it. transformers 5 matches these patterns from the
-# start of a module's full name (or as its suffix), so upstream's bare "mm_projector" no longer protects
-# `model.mm_projector.0`: the leading `.*` is needed.
-QUANTIZATION_SKIP_MODULES = (r".*mm_projector", r".*vision_tower", "lm_head")

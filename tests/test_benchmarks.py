@@ -14,7 +14,7 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parents[1]
 EXPECTED = ("data:", "splice (cpu", "LoRA step", "ZeRO-3 gather,", "ZeRO-3 gather + write", "peak memory", "GPU")
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.bench]
 
 
 def test_every_benchmark_runs_at_tiny_size():

@@ -39,7 +39,7 @@ CASES = {
     "empty-replies": ({"conversations": _turns("Hi", "", "Still there?", "")}, "fully_masked"),
     "too-long": ({"image": "ok.png", "conversations": _turns("<image>\n" + "word " * 400, "Red.")}, "truncated"),
 }
-CHEAP_KINDS = {"structure", "roles", "missing_image", "image_tokens", "image_field"}
+CHEAP_KINDS = {"structure", "roles", "fully_masked", "missing_image", "image_tokens", "image_field"}
 
 
 @pytest.fixture(scope="module")
@@ -136,3 +136,36 @@ def test_structure_and_image_existence_of_100k_samples(tiny, tmp_path, capsys):
     elapsed = time.monotonic() - started
     assert code == 0 and json.loads(capsys.readouterr().out)["summary"]["samples"] == 100_000
     print(f"\n100k samples: structure + image existence in {elapsed:.1f} s")
+
+
+def test_skip_invalid_samples_drops_what_the_checks_reject(tiny, tmp_path, caplog):
+    records = json.loads(Path(tiny.data).read_text())
+    broken = {
+        "bad-roles": {"conversations": [{"from": "human", "value": "a"}, {"from": "human", "value": "b"}]},
+        "no-reply": {"conversations": _turns("Hi", "")},
+        "gone": {"image": "missing/nowhere.png", "conversations": _turns("<image>\nq", "a")},
+        "two-images": {"image": records[0]["image"], "conversations": _turns("<image>\nq", "a", "<image> more", "b")},
+    }
+    data = tmp_path / "data.json"
+    data.write_text(json.dumps(records + [{"id": ident, **fields} for ident, fields in broken.items()]))
+    with caplog.at_level("WARNING", logger="llava"):
+        trainer = train(argv=multimodal_flags(tiny, tmp_path / "out", data_path=data, max_steps=1, save_steps=1,
+                                              skip_invalid_samples=True))  # fmt: skip
+    assert len(trainer.train_dataset) == len(records)
+    skipped = [r.getMessage() for r in caplog.records if ": skipping sample " in r.getMessage()]
+    assert [message.split("skipping sample ")[1].split(" ")[0] for message in skipped] == [repr(i) for i in broken]
+    kinds = {"bad-roles": "is from 'human' but 'gpt' was expected", "no-reply": "no assistant turn",
+             "gone": "not found", "two-images": "2 turns contain '<image>'"}  # fmt: skip
+    for message, ident in zip(skipped, broken):
+        assert kinds[ident] in message, message
+    summary = f"--skip_invalid_samples: dropped 4 of {len(records) + 4} samples of {data}; training on the other 48"
+    assert summary in [r.getMessage() for r in caplog.records]
+    assert trainer.state.global_step == 1
+
+
+def test_skip_invalid_samples_still_stops_when_nothing_is_left(tiny, tmp_path):
+    data = tmp_path / "data.json"
+    data.write_text(json.dumps([{"id": "a", "conversations": _turns("Hi", "")}]))
+    with pytest.raises(DataValidationError, match="every sample in .* is invalid, so --skip_invalid_samples would"):
+        train(argv=multimodal_flags(tiny, tmp_path / "out", data_path=data, skip_invalid_samples=True))
+    assert not (tmp_path / "out").exists()

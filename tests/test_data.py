@@ -13,6 +13,7 @@ from llava.conversation import conv_templates
 from llava.mm_utils import expand2square, select_best_resolution
 from llava.tiny import CLIP_IMAGE_SIZE, IMAGE_GRID_PINPOINTS
 from llava.train.arguments import DataArguments
+from llava.data.validation import DataValidationError
 from llava.data.dataset import DataCollatorForSupervisedDataset, LazySupervisedDataset, make_supervised_data_module
 from llava.data.preprocess import preprocess, preprocess_multimodal
 
@@ -163,26 +164,31 @@ def test_lengths_and_modality_lengths(tiny, tokenizer, tiny_image_processor, tmp
             {"from": "human", "value": "Hi there"}, {"from": "gpt", "value": "Hello"}]},
         {"id": "empty-words", "conversations": [{"from": "human", "value": " "}, {"from": "gpt", "value": ""}]},
     ]  # fmt: skip
-    dataset = make_dataset(tiny, tokenizer, tiny_image_processor, data_path=write_records(tmp_path / "d.json", records))
+    # checked=True: the last sample would fail the data checks (no reply), its lengths are still computed.
+    path = write_records(tmp_path / "d.json", records)
+    dataset = make_dataset(tiny, tokenizer, tiny_image_processor, data_path=path, checked=True)
     # "<image>\nWhat is it?" is 4 words, "A red square." 3; images add 128; text-only lengths are negative.
     assert dataset.lengths == [4 + 3 + 128, 3, 0]
     assert dataset.modality_lengths == [7, -3, 0]
 
 
-def test_samples_without_a_reply_are_reported_once(tiny, tokenizer, tiny_image_processor, tmp_path, caplog):
+def test_samples_without_a_reply_are_refused(tiny, tokenizer, tiny_image_processor, tmp_path):
+    """One rule, one severity: the dataset refuses what the data checker reports as an error."""
     records = [
         {"id": "no-reply", "conversations": [{"from": "human", "value": "Hi"}]},
         {"id": "empty-reply", "conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": ""}]},
         {"id": "fine", "conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello"}]},
     ]
-    with caplog.at_level("WARNING", logger="llava.data.dataset"):
-        path = write_records(tmp_path / "d.json", records)
-        dataset = make_dataset(tiny, tokenizer, tiny_image_processor, data_path=path)
-    assert [record.getMessage() for record in caplog.records if record.levelname == "WARNING"] == [
-        f"2 sample(s) in {dataset.data_path} have no assistant reply after the first human turn and train nothing: "
-        "'no-reply', 'empty-reply'"
-    ]
-    assert dataset[0]["labels"].eq(IGNORE_INDEX).all()
+    path = write_records(tmp_path / "d.json", records)
+    with pytest.raises(DataValidationError) as error:
+        make_dataset(tiny, tokenizer, tiny_image_processor, data_path=path)
+    message = str(error.value)
+    assert message.startswith(f"{path}: 2 invalid sample(s); fix or remove them:")
+    for ident, record in (("no-reply", 0), ("empty-reply", 1)):
+        assert (
+            f"sample {ident!r} (record {record}): no assistant turn after the first human turn has any text" in message
+        )
+    assert "'fine'" not in message and "fully_masked: the sample has no assistant reply" in message
 
 
 def test_missing_image_error_names_sample_file_and_path(tiny, tokenizer, tiny_image_processor, tmp_path, records):

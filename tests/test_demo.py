@@ -8,7 +8,7 @@ from PIL import Image
 from llava import demo
 from train_helpers import LORA_FILES
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.dist]
 
 
 def test_demo_trains_under_zero3_loads_answers_and_plots(tmp_path, capsys):

@@ -92,6 +92,7 @@ def test_unlink_shm_segments_by_job_and_rank():
 
 
 @pytest.mark.slow
+@pytest.mark.dist
 def test_a_hung_job_is_stopped_with_stacks_and_leaves_no_segments():
     # llava.launch directly: the tests' wrapper would stop launching after a timeout, by design.
     with pytest.raises(launch.LaunchError) as error:

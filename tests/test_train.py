@@ -190,7 +190,7 @@ def test_resumed_run_continues_exactly(lora_run, tiny, tmp_path):
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# lora_bias modes (upstream's lora_only crashed, SPEC 4.7)
+# lora_bias modes (upstream's lora_only crashed, docs/upstream_differences.md #7)
 
 
 @pytest.fixture(scope="module")
@@ -346,7 +346,7 @@ def test_full_finetune_saves_a_whole_model(tiny, tmp_path, caplog):
 
 
 def test_same_seed_same_run(tiny, tmp_path):
-    """Upstream creates the model and LoRA before the seed is set (SPEC 4.8), so two runs never match."""
+    """Upstream creates the model and LoRA before the seed is set (docs/upstream_differences.md #8), so two runs never match."""
     runs = {}
     for name, seed in (("a", 11), ("b", 11), ("c", 12)):
         train(argv=multimodal_flags(tiny, tmp_path / name, max_steps=1, save_steps=10, seed=seed))

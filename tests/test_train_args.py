@@ -131,3 +131,62 @@ def test_flag_combinations_from_the_data_issue_are_rejected_together(tiny, tmp_p
     assert "--mm_projector_lr sets the projector's learning rate, but there is no projector" in message
     assert "--tune_mm_mlp_adapter trains the projector, which needs --vision_tower" in message
     assert "--bits 4 quantizes the language model" in message
+
+
+PURITY_PROBE = """
+import json, os, sys
+import torch
+from accelerate import PartialState
+from transformers.integrations import is_deepspeed_zero3_enabled
+import llava.distributed.hygiene as hygiene
+
+def refuse(*args, **kwargs):
+    raise AssertionError("parsing scanned /proc")
+
+hygiene._open_files = hygiene._mapped_files = refuse
+from llava.train.arguments import parse_args
+
+environment = dict(os.environ)
+_, _, training_args = parse_args(sys.argv[1:])
+after_parse = {
+    "environment_unchanged": dict(os.environ) == environment,
+    "process_group": torch.distributed.is_initialized(),
+    "accelerate_state": bool(PartialState._shared_state),
+    "zero3": is_deepspeed_zero3_enabled(),
+}
+del hygiene._open_files, hygiene._mapped_files
+training_args.setup_distributed()
+after_setup = {
+    "process_group": torch.distributed.is_initialized(),
+    "accelerate_state": bool(PartialState._shared_state),
+    "zero3": is_deepspeed_zero3_enabled(),
+    "world_size": training_args.world_size,
+    "device": str(training_args.device),
+}
+print(json.dumps({"after_parse": after_parse, "after_setup": after_setup}))
+"""
+
+
+def test_parsing_is_pure_and_setup_distributed_makes_the_state(base_argv):
+    """Building the arguments starts no process group, touches no environment variable and scans nothing; the
+    explicit `setup_distributed` step then creates the DeepSpeed state ZeRO-3 needs (on CPU: over gloo)."""
+    import json
+    import subprocess
+    import sys
+
+    from llava.launch import REPO_ROOT
+
+    argv = base_argv + ["--deepspeed", str(REPO_ROOT / "configs" / "zero3.json"), "--bf16", "True"]
+    env = {key: value for key, value in __import__("os").environ.items()
+           if key not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-c", PURITY_PROBE, *argv], capture_output=True, text=True, timeout=300, cwd=REPO_ROOT, env=env
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    states = json.loads(result.stdout.strip().splitlines()[-1])
+    assert states["after_parse"] == {
+        "environment_unchanged": True, "process_group": False, "accelerate_state": False, "zero3": False,
+    }  # fmt: skip
+    assert states["after_setup"] == {
+        "process_group": True, "accelerate_state": True, "zero3": True, "world_size": 1, "device": "cpu",
+    }  # fmt: skip

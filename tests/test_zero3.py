@@ -184,6 +184,7 @@ def test_init_distributed_state_without_deepspeed_is_noop(config: str | None) ->
 
 
 @pytest.mark.slow
+@pytest.mark.dist
 def test_single_process_deepspeed_on_cpu(model_dir: Path, tmp_path: Path) -> None:
     """`python train.py --deepspeed zero3.json` without a launcher: without the fix DeepSpeed
     tries MPI discovery and dies with "No module named 'mpi4py'"."""
@@ -248,6 +249,7 @@ def single_process_states(model_dir: Path) -> dict[str, dict[str, torch.Tensor]]
 
 
 @pytest.mark.slow
+@pytest.mark.dist
 def test_zero3_partitions_every_tensor(zero3_run: list[dict]) -> None:
     for record in zero3_run:
         assert record["world_size"] == 2
@@ -264,6 +266,7 @@ def test_zero3_partitions_every_tensor(zero3_run: list[dict]) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.dist
 @pytest.mark.parametrize("state", HELPER_STATES)
 def test_zero3_gather_equals_single_process_build(
     zero3_run: list[dict], single_process_states: dict[str, dict[str, torch.Tensor]], state: str
@@ -277,6 +280,7 @@ def test_zero3_gather_equals_single_process_build(
 
 
 @pytest.mark.slow
+@pytest.mark.dist
 @pytest.mark.parametrize("variant", ["after", "after_per_tensor", "after_small"])
 def test_zero3_gather_after_training_equals_one_by_one(zero3_run: list[dict], variant: str) -> None:
     for record in zero3_run:
@@ -290,6 +294,7 @@ def test_zero3_gather_after_training_equals_one_by_one(zero3_run: list[dict], va
 
 
 @pytest.mark.slow
+@pytest.mark.dist
 def test_zero3_gather_inside_an_enclosing_gather(zero3_run: list[dict]) -> None:
     """Parameters another context already gathered are copied as they are, not gathered again."""
     for record in zero3_run:
@@ -299,6 +304,7 @@ def test_zero3_gather_inside_an_enclosing_gather(zero3_run: list[dict]) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.dist
 def test_zero3_training_changed_only_trainable_weights(
     zero3_run: list[dict], single_process_states: dict[str, dict[str, torch.Tensor]]
 ) -> None:
@@ -313,6 +319,7 @@ def test_zero3_training_changed_only_trainable_weights(
 
 
 @pytest.mark.slow
+@pytest.mark.dist
 def test_zero3_helpers_keep_persistent_parameters_whole(model_dir: Path, tmp_path: Path) -> None:
     """With upstream's "auto" threshold small tensors stay whole on every rank (ZeRO-3 status
     AVAILABLE). The helpers copy them without a gather, leave them whole, and gather only the rest;
@@ -348,6 +355,7 @@ def greedy_bucket_sizes(tensors: list[torch.Tensor], bucket_bytes: int) -> list[
 
 
 @pytest.mark.slow
+@pytest.mark.dist
 def test_zero3_gathers_in_buckets(zero3_run: list[dict]) -> None:
     small_bucket_bytes = 4096  # SMALL_BUCKET_BYTES in dist_scripts/zero3_gather.py
     for record in zero3_run:
@@ -415,6 +423,7 @@ def assert_trained_and_partitioned(records: list[dict], storage_bytes: int, q_pr
 
 
 @pytest.mark.slow
+@pytest.mark.dist
 @pytest.mark.parametrize(("variant", "storage_bytes"), [("4bit_fp32", 4), ("4bit_bf16", 2)])
 def test_qlora_4bit_trains_under_zero3(qlora_runs, variant: str, storage_bytes: int) -> None:
     records = qlora_runs(variant)
@@ -429,6 +438,7 @@ def test_qlora_4bit_trains_under_zero3(qlora_runs, variant: str, storage_bytes: 
 
 
 @pytest.mark.slow
+@pytest.mark.dist
 def test_qlora_8bit_trains_but_bitsandbytes_keeps_full_int8_copies(qlora_runs) -> None:
     """8-bit runs under ZeRO-3, but `Int8Params.CB` / `Linear8bitLt.state.CB` keep every int8
     weight whole on every rank, so ZeRO-3 saves no memory on them."""
@@ -440,6 +450,7 @@ def test_qlora_8bit_trains_but_bitsandbytes_keeps_full_int8_copies(qlora_runs) -
 
 
 @pytest.mark.slow
+@pytest.mark.dist
 def test_bnb_cpu_repacking_corrupts_partitioned_4bit_weights(qlora_runs) -> None:
     """Negative control for `disable_4bit_cpu_repacking`: without it, on an AVX512-BF16 CPU, the
     forward after a gather/partition cycle reads the old layout through a "packed" quant state."""

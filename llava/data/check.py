@@ -27,7 +27,6 @@ from dataclasses import dataclass, field
 
 from llava.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
 from llava.data.validation import (
-    FULLY_MASKED,
     KIND_FIXES,
     TRUNCATED,
     Problem,
@@ -187,9 +186,8 @@ def run_check(args: argparse.Namespace) -> tuple[Report, Statistics, dict]:
             stats.tokens.append(tokens)
             stats.supervised += kept
             ident = sample_id(records[index], index)
-            if supervised == 0:
-                report.problems.append(Problem(index, ident, FULLY_MASKED, "no token is supervised (all labels masked)"))
-            elif kept == 0:
+            # (A sample with nothing to supervise is caught by the cheap checks already: FULLY_MASKED.)
+            if supervised and kept == 0:
                 report.problems.append(
                     Problem(index, ident, TRUNCATED, f"all {supervised} supervised tokens lie beyond "
                             f"--model_max_length {args.model_max_length} ({tokens} tokens with the image)")

@@ -22,8 +22,8 @@ from llava import conversation as conversation_lib
 from llava.constants import IGNORE_INDEX
 from llava.conversation import Conversation
 from llava.mm_utils import process_images
-from llava.data.validation import MAX_LISTED_PROBLEMS, Report, check_records, sample_id
-from llava.data.preprocess import GPT, preprocess, preprocess_multimodal
+from llava.data.validation import Report, check_records, sample_id
+from llava.data.preprocess import preprocess, preprocess_multimodal
 from llava.data.records import load_records
 
 logger = logging.getLogger(__name__)
@@ -94,21 +94,12 @@ class LazySupervisedDataset(Dataset):
                 self.data_path,
                 check_records(self.list_data_dict, conv=self.conv, is_multimodal=self.data_args.is_multimodal),
             ).enforce(logger)
-        without_reply, lengths, modality_lengths = [], [], []
-        for index, record in enumerate(self.list_data_dict):
-            turns = record["conversations"]
-            words = sum(len(turn["value"].split()) for turn in turns)
-            # A first gpt turn is dropped, so only later replies train anything.
-            if not any(turn["from"] == GPT and turn["value"] for turn in turns[1:]):
-                without_reply.append(self._sample_id(index))
+        lengths, modality_lengths = [], []
+        for record in self.list_data_dict:
+            words = sum(len(turn["value"].split()) for turn in record["conversations"])
             has_image = "image" in record
             lengths.append(words + (IMAGE_LENGTH_BONUS if has_image else 0))
             modality_lengths.append(words if has_image else -words)
-        if without_reply:
-            logger.warning(
-                "%d sample(s) in %s have no assistant reply after the first human turn and train nothing: %s",
-                len(without_reply), self.data_path, ", ".join(map(repr, without_reply[:MAX_LISTED_PROBLEMS])),
-            )
         return lengths, modality_lengths
 
     def _sample_id(self, index: int) -> str:

@@ -85,40 +85,67 @@ class Turn(NamedTuple):
 # Validation
 
 
+STRUCTURE = "structure"
+ROLES = "roles"
+
+
+class ConversationError(ValueError):
+    """A conversation that cannot be rendered; ``kind`` is the data rule it breaks (``STRUCTURE`` or ``ROLES``).
+
+    The message names the turn; callers add the sample id and the file.
+    """
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
 def conversation_turns(source: Source, *, keep_leading_gpt: bool = False) -> list[Turn]:
-    """Check a conversation's roles and return its turns.
+    """Check a conversation's structure and roles and return its turns: the one implementation of those rules,
+    for preprocessing and for the data checks (`llava.data.validation`).
 
     Turns must come from ``"human"`` and ``"gpt"`` alternately. A first turn from ``"gpt"`` is allowed and dropped
     (as upstream's v1/llama_2/mpt paths do), or kept with ``keep_leading_gpt`` (upstream's '###' path).
-    Raises ``ValueError`` naming the turn; the caller adds the sample id and file.
+    Raises :class:`ConversationError`.
     """
     if not isinstance(source, (list, tuple)) or not source:
-        raise ValueError("'conversations' must be a non-empty list of {'from': ..., 'value': ...} turns")
+        raise ConversationError(
+            STRUCTURE, "'conversations' must be a non-empty list of {'from': ..., 'value': ...} turns"
+        )
     turns = []
     for index, turn in enumerate(source):
         if not isinstance(turn, dict):
-            raise ValueError(f"turn {index} is {type(turn).__name__}; expected an object with 'from' and 'value'")
+            raise ConversationError(
+                STRUCTURE, f"turn {index} is {type(turn).__name__}; expected an object with 'from' and 'value'"
+            )
         speaker, value = turn.get("from"), turn.get("value")
-        if speaker not in (HUMAN, GPT):
-            raise ValueError(f"turn {index} has 'from': {speaker!r}; expected 'human' or 'gpt'")
         if not isinstance(value, str):
-            raise ValueError(f"turn {index} has 'value' of type {type(value).__name__}; expected a string")
+            raise ConversationError(
+                STRUCTURE, f"turn {index} has 'value' of type {type(value).__name__}; expected a string"
+            )
+        if speaker not in (HUMAN, GPT):
+            raise ConversationError(ROLES, f"turn {index} has 'from': {speaker!r}; expected 'human' or 'gpt'")
         turns.append(Turn(speaker == HUMAN, value))
     leading = 0 if turns[0].from_human else 1
     for index in range(leading, len(turns)):
         if turns[index].from_human != ((index - leading) % 2 == 0):
             expected = GPT if turns[index].from_human else HUMAN
-            raise ValueError(
+            raise ConversationError(
+                ROLES,
                 f"turn {index} is from {source[index]['from']!r} but {expected!r} was expected: turns must "
-                "alternate human, gpt, human, ... (a first turn from gpt is allowed)"
+                "alternate human, gpt, human, ... (a first turn from gpt is allowed)",
             )
     return turns if keep_leading_gpt else turns[leading:]
 
 
-def validate_conversation(source: Source, conv: Conversation | None = None) -> None:
-    """Raise ``ValueError`` if ``preprocess`` would reject this conversation with template ``conv``."""
+def validate_conversation(source: Source, conv: Conversation | None = None) -> list[Turn]:
+    """The turns ``preprocess`` renders with template ``conv``; raises :class:`ConversationError` where it would
+    reject the conversation."""
     conv = conv or conversation_lib.default_conversation
-    _segments(source, conv)
+    turns = conversation_turns(source)
+    if conv.sep_style == SeparatorStyle.PLAIN:
+        _render_plain(source, conv)
+    return turns
 
 
 def _segments(source: Source, conv: Conversation) -> list[Segment]:
@@ -226,7 +253,8 @@ def _render_mpt(turns: Sequence[Turn], conv: Conversation) -> list[Segment]:
 def _render_plain(source: Source, conv: Conversation) -> list[Segment]:
     """Upstream's preprocess_plain: the first turn becomes the bare ``<image>``, then caption + sep (supervised)."""
     if len(source) != 2 or DEFAULT_IMAGE_TOKEN not in source[0]["value"]:
-        raise ValueError(
+        raise ConversationError(
+            STRUCTURE,
             "the 'plain' template (projector pretraining) needs exactly two turns, the first containing "
             f"'{DEFAULT_IMAGE_TOKEN}' and the second the caption; this sample has {len(source)} turn(s)"
             + (f" and no '{DEFAULT_IMAGE_TOKEN}' in the first" if len(source) == 2 else "")

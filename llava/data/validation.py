@@ -17,15 +17,13 @@ from dataclasses import dataclass, field
 
 from llava.constants import DEFAULT_IMAGE_TOKEN
 from llava.conversation import Conversation
-from llava.data.preprocess import GPT, HUMAN, validate_conversation
+from llava.data.preprocess import ROLES, STRUCTURE, ConversationError, validate_conversation
 
 # How many problems an exception message lists before summarising the rest.
 MAX_LISTED_PROBLEMS = 10
 # Threads for image-file checks: they wait on the file system, not the CPU.
 IO_WORKERS = 16
 
-STRUCTURE = "structure"
-ROLES = "roles"
 IMAGE_FIELD = "image_field"
 IMAGE_TOKENS = "image_tokens"
 MISSING_IMAGE = "missing_image"
@@ -93,6 +91,7 @@ class Report:
             + (f"\n  ... and {more} more" if more > 0 else "")
             + f"\nWhat to do:\n  {fixes}"
             + f"\nFor the full list: python -m llava.data.check --data_path {self.data_path} ..."
+            + "\nOr train on the valid samples only: --skip_invalid_samples True (each one dropped is logged)."
         )
 
     def raise_if_problems(self) -> None:
@@ -101,9 +100,33 @@ class Report:
 
     def enforce(self, logger: logging.Logger) -> None:
         """What training does with a report: log every warning, stop on any error."""
+        self._log_warnings(logger)
+        self.raise_if_problems()
+
+    def drop_invalid(self, records: Sequence, logger: logging.Logger) -> list:
+        """What training does with a report under ``--skip_invalid_samples``: log every warning, drop every sample
+        with an error (logging its id and reason, and the count), and return the others. Stops when nothing is
+        left to train on."""
+        self._log_warnings(logger)
+        invalid = {problem.index for problem in self.errors}
+        if not invalid:
+            return list(records)
+        if len(invalid) == len(records):
+            raise DataValidationError(
+                f"every sample in {self.data_path} is invalid, so --skip_invalid_samples would leave nothing to "
+                f"train on:\n{self.error_message()}"
+            )
+        for problem in sorted(self.errors, key=lambda problem: problem.index):
+            logger.warning("%s: skipping %s", self.data_path, problem.format())
+        logger.warning(
+            "--skip_invalid_samples: dropped %d of %d samples of %s; training on the other %d",
+            len(invalid), len(records), self.data_path, len(records) - len(invalid),
+        )  # fmt: skip
+        return [record for index, record in enumerate(records) if index not in invalid]
+
+    def _log_warnings(self, logger: logging.Logger) -> None:
         for problem in self.warnings:
             logger.warning("%s: %s", self.data_path, problem.format())
-        self.raise_if_problems()
 
 
 class DataValidationError(ValueError):
@@ -117,7 +140,8 @@ def sample_id(record, index: int) -> str:
 
 
 def check_record(record, index: int, *, conv: Conversation, is_multimodal: bool) -> list[Problem]:
-    """Structure, roles and image placeholders of one record (cheap: no files, no tokenizer)."""
+    """Structure, roles, a reply to learn from and the image placeholders of one record (cheap: no files, no
+    tokenizer)."""
     ident = sample_id(record, index)
 
     def problem(kind: str, message: str) -> list[Problem]:
@@ -126,39 +150,38 @@ def check_record(record, index: int, *, conv: Conversation, is_multimodal: bool)
     if not isinstance(record, dict):
         return problem(STRUCTURE, f"the record is a {type(record).__name__}, not an object")
     turns = record.get("conversations")
-    if not isinstance(turns, list) or not turns:
-        return problem(STRUCTURE, "'conversations' must be a non-empty list of {'from': ..., 'value': ...} turns")
-    for number, turn in enumerate(turns):
-        if not isinstance(turn, dict):
-            return problem(STRUCTURE, f"turn {number} is a {type(turn).__name__}, not an object")
-        if not isinstance(turn.get("value"), str):
-            return problem(STRUCTURE, f"turn {number} has no string 'value'")
-        if turn.get("from") not in (HUMAN, GPT):
-            return problem(ROLES, f"turn {number} has 'from': {turn.get('from')!r}; expected 'human' or 'gpt'")
     try:
-        validate_conversation(turns, conv)
-    except ValueError as error:
-        return problem(ROLES, str(error))
+        rendered = validate_conversation(turns, conv)
+    except ConversationError as error:
+        return problem(error.kind, str(error))
+    image_problem = _image_problem(record, turns, is_multimodal)
+    if image_problem is not None:
+        return problem(*image_problem)
+    if not any(not turn.from_human and turn.value for turn in rendered):
+        # Upstream trains such a sample with every label masked (upstream #661): it costs a step and teaches nothing.
+        return problem(FULLY_MASKED, "no assistant turn after the first human turn has any text")
+    return []
 
+
+def _image_problem(record: dict, turns: list[dict], is_multimodal: bool) -> tuple[str, str] | None:
+    """(kind, message) when the sample's image field and ``<image>`` placeholders do not fit each other or the run."""
     placeholders = sum(DEFAULT_IMAGE_TOKEN in turn["value"] for turn in turns)
     if "image" not in record:
         if placeholders and is_multimodal:
-            return problem(
-                IMAGE_TOKENS, f"{placeholders} turn(s) contain '{DEFAULT_IMAGE_TOKEN}' but the sample has no 'image'"
-            )
-        return []
+            return IMAGE_TOKENS, f"{placeholders} turn(s) contain '{DEFAULT_IMAGE_TOKEN}' but the sample has no 'image'"
+        return None
     if not isinstance(record["image"], str):
-        return problem(IMAGE_FIELD, f"'image' must be one file path (a string); got {type(record['image']).__name__}")
+        return IMAGE_FIELD, f"'image' must be one file path (a string); got {type(record['image']).__name__}"
     if not is_multimodal:
-        return problem(IMAGE_FIELD, "the sample has an image but the run is text-only; set --vision_tower or drop it")
+        return IMAGE_FIELD, "the sample has an image but the run is text-only; set --vision_tower or drop it"
     # The model splices one image per placeholder: another count crashes deep inside it upstream (#677, #732).
     if placeholders != 1:
-        return problem(
+        return (
             IMAGE_TOKENS,
             f"{placeholders} turns contain '{DEFAULT_IMAGE_TOKEN}'; a sample with an image needs exactly one "
             "(usually at the start of the first human turn)",
         )
-    return []
+    return None
 
 
 def check_records(records: Sequence, *, conv: Conversation, is_multimodal: bool) -> list[Problem]:

@@ -82,7 +82,7 @@ def get_peft_state_maybe_zero_3(
     Args:
         named_params: `model.named_parameters()` of the PEFT model.
         bias: "none": LoRA tensors only; "all": plus every `*.bias`; "lora_only": plus the bias of
-            each module that carries LoRA (upstream crashed here, SPEC 4.7).
+            each module that carries LoRA (upstream crashed here, docs/upstream_differences.md #7).
         bucket_bytes: see `gather_to_cpu`.
     """
     named = _as_dict(named_params)
@@ -92,7 +92,7 @@ def get_peft_state_maybe_zero_3(
     elif bias == "all":
         selected = {k: t for k, t in named.items() if k in lora or _is_bias(k)}
     elif bias == "lora_only":
-        # upstream iterated a dict as (key, value) pairs and crashed (SPEC 4.7); it also looked for
+        # upstream iterated a dict as (key, value) pairs and crashed (docs/upstream_differences.md #7); it also looked for
         # `<module>.bias`, which PEFT >= 0.7 renamed to `<module>.base_layer.bias`.
         lora_modules = {_lora_module(k) for k in lora}
         selected = {

@@ -2,7 +2,7 @@
 
 Upstream decides what a directory holds from words in the model's name ("llava", "lora"), so a LoRA run saved as
 ``./checkpoints/my-run`` loads as a plain language model and its projector is silently lost (upstream #1021,
-#1022, #730; SPEC 4.5). Here the kind is read from the files in the directory:
+#1022, #730). Here the kind is read from the files in the directory:
 
 ====================  =========================================================================================
 kind                  recognised by
@@ -31,31 +31,24 @@ from typing import Any
 
 import torch
 
-from llava.constants import (
-    DEFAULT_IM_END_TOKEN,
-    DEFAULT_IM_START_TOKEN,
-    DEFAULT_IMAGE_PATCH_TOKEN,
-    QUANTIZATION_SKIP_MODULES,
+from llava.model.attention import select_attn_implementation
+from llava.model.llava_arch import add_image_tokens
+from llava.model.files import (
+    ADAPTER_CONFIG_FILE,
+    ADAPTER_WEIGHT_FILES,
+    CHECKPOINT_DIR_PREFIX,
+    CONFIG_FILE,
+    MODEL_WEIGHT_FILES,
+    NON_LORA_TRAINABLES_FILE,
+    PROJECTOR_FILE,
+    TOKENIZER_CONFIG_FILE,
 )
+from llava.model.quantization import bnb_config
 from llava.model.state_files import load_state_file
 from llava.utils import quiet_transformers
 
 logger = logging.getLogger(__name__)
 
-CONFIG_FILE = "config.json"
-ADAPTER_CONFIG_FILE = "adapter_config.json"
-# PEFT writes safetensors by default; our trainer and upstream's write the pickle. Either is accepted.
-ADAPTER_WEIGHT_FILES = ("adapter_model.safetensors", "adapter_model.bin")
-NON_LORA_TRAINABLES_FILE = "non_lora_trainables.bin"
-PROJECTOR_FILE = "mm_projector.bin"
-TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
-MODEL_WEIGHT_FILES = (
-    "model.safetensors",
-    "model.safetensors.index.json",
-    "pytorch_model.bin",
-    "pytorch_model.bin.index.json",
-)
-CHECKPOINT_DIR_PREFIX = "checkpoint-"
 
 # Upstream's fallback when the config has no `max_sequence_length` (Llama configs never do).
 DEFAULT_CONTEXT_LEN = 2048
@@ -132,7 +125,7 @@ def load_pretrained_model(
             for those two kinds, ignored with a warning otherwise.
         model_name: accepted for compatibility with upstream callers; the kind is decided from files.
         load_8bit, load_4bit: quantise the language model with bitsandbytes (8-bit, or 4-bit nf4 with double
-            quantisation), keeping :data:`llava.constants.QUANTIZATION_SKIP_MODULES` in full precision like training does.
+            quantisation), keeping :data:`llava.model.quantization.QUANTIZATION_SKIP_MODULES` in full precision like training does.
         device_map: passed to ``from_pretrained`` when ``device`` is ``"cuda"``; otherwise everything is put on
             ``device``, as upstream.
         device: ``"cuda"`` or ``"cpu"`` (or ``"cuda:N"``, ``"mps"``...).
@@ -172,7 +165,13 @@ def load_pretrained_model(
     tokenizer, model = loaded.tokenizer, loaded.model
     image_processor = None
     if _is_llava_config(model.config.to_dict()):
-        _add_image_tokens(tokenizer, model)
+        add_image_tokens(
+            model,
+            tokenizer,
+            # absent from a config means True, as upstream
+            patch_token=getattr(model.config, "mm_use_im_patch_token", True),
+            start_end=getattr(model.config, "mm_use_im_start_end", False),
+        )
         image_processor = _load_vision_tower(model, device, dtype)
     model.eval()
     context_len = getattr(model.config, "max_sequence_length", DEFAULT_CONTEXT_LEN)
@@ -201,7 +200,7 @@ def _load_lora_run(run_dir: Path, model_base: Path, options: dict[str, Any]) -> 
     _apply_state(model, non_lora_state, non_lora_file, model_base)
     still_missing = sorted(set(missing) - set(non_lora_state))
     if still_missing:
-        raise ValueError(_missing_weights_message(run_dir, model_base, still_missing, non_lora_file))
+        raise ValueError(_missing_weights_message(model_base, still_missing, non_lora_file))
     if run_config_file is not None and _is_llava_config(config.to_dict()) and not non_lora_state:
         logger.info("%s has no %s: the projector comes from %s", run_dir, NON_LORA_TRAINABLES_FILE, model_base)
 
@@ -230,7 +229,7 @@ def _load_projector_over_base(projector_dir: Path, model_base: Path, options: di
     _apply_state(model, projector_state, projector_file, model_base)
     still_missing = sorted(set(missing) - set(projector_state))
     if still_missing:
-        raise ValueError(_missing_weights_message(projector_dir, model_base, still_missing, projector_file))
+        raise ValueError(_missing_weights_message(model_base, still_missing, projector_file))
     tokenizer = _load_tokenizer(projector_dir if _has_tokenizer(projector_dir) else model_base)
     return _Loaded(tokenizer, model)
 
@@ -349,7 +348,7 @@ def _merge_adapter(model: torch.nn.Module, run_dir: Path) -> torch.nn.Module:
             "the run did not finish saving - use one of its checkpoint-N folders"
         )
     # Read it ourselves first: the one safe reader refuses pickles carrying code with a message naming the file
-    # (SPEC 4.9), and gives the reference to check what PEFT loaded against.
+    # (docs/upstream_differences.md #9), and gives the reference to check what PEFT loaded against.
     expected = load_state_file(weight_file)
     try:
         peft_model = PeftModel.from_pretrained(model, run_dir)
@@ -366,20 +365,6 @@ def _merge_adapter(model: torch.nn.Module, run_dir: Path) -> torch.nn.Module:
         )
     logger.info("merging the LoRA adapter from %s", weight_file)
     return peft_model.merge_and_unload()
-
-
-def _add_image_tokens(tokenizer: Any, model: torch.nn.Module) -> None:
-    """Add ``<im_patch>`` / ``<im_start>`` / ``<im_end>`` as the config asks, and grow the embeddings to fit.
-
-    ``mm_use_im_patch_token`` defaults to True when absent, as upstream. Unlike upstream the embeddings are only ever
-    grown: a tokenizer shorter than a padded vocabulary would otherwise cut off trained rows.
-    """
-    if getattr(model.config, "mm_use_im_patch_token", True):
-        tokenizer.add_tokens([DEFAULT_IMAGE_PATCH_TOKEN], special_tokens=True)
-    if getattr(model.config, "mm_use_im_start_end", False):
-        tokenizer.add_tokens([DEFAULT_IM_START_TOKEN, DEFAULT_IM_END_TOKEN], special_tokens=True)
-    if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
-        model.resize_token_embeddings(len(tokenizer))
 
 
 def _load_vision_tower(model: torch.nn.Module, device: str, dtype: torch.dtype) -> Any:
@@ -426,36 +411,15 @@ def _from_pretrained_options(
     extra: dict[str, Any],
 ) -> dict[str, Any]:
     """The keyword arguments every ``from_pretrained`` call here gets."""
-    from transformers import BitsAndBytesConfig
-
     if load_8bit and load_4bit:
         raise ValueError("pass at most one of load_8bit / load_4bit (--load-8bit / --load-4bit)")
     options: dict[str, Any] = {"device_map": device_map if device == "cuda" else {"": device}, "dtype": dtype}
-    if load_8bit:
-        options["quantization_config"] = BitsAndBytesConfig(
-            load_in_8bit=True, llm_int8_skip_modules=list(QUANTIZATION_SKIP_MODULES), llm_int8_threshold=6.0
-        )
-    elif load_4bit:
-        options["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=True,
-            bnb_4bit_compute_dtype=dtype,
-            bnb_4bit_use_double_quant=True,
-            bnb_4bit_quant_type="nf4",
-            llm_int8_skip_modules=list(QUANTIZATION_SKIP_MODULES),
-        )
+    if load_8bit or load_4bit:
+        options["quantization_config"] = bnb_config(8 if load_8bit else 4, compute_dtype=dtype)
     if use_flash_attn:
-        options["attn_implementation"] = _flash_attention_or_sdpa()
+        options["attn_implementation"] = select_attn_implementation()
     options.update(extra)
     return options
-
-
-def _flash_attention_or_sdpa() -> str:
-    import importlib.util
-
-    if importlib.util.find_spec("flash_attn") is not None and torch.cuda.is_available():
-        return "flash_attention_2"
-    warnings.warn("use_flash_attn: flash_attn is not installed or there is no GPU; using SDPA attention", stacklevel=3)
-    return "sdpa"
 
 
 def _normalise_non_lora_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -494,7 +458,7 @@ def _missing_base_message(model_path: Path, kind: CheckpointKind) -> str:
     )
 
 
-def _missing_weights_message(run_dir: Path, model_base: Path, missing: list[str], expected_file: Path) -> str:
+def _missing_weights_message(model_base: Path, missing: list[str], expected_file: Path) -> str:
     return (
         f"no weights for {_preview(missing)}: they are neither in --model-base {model_base} nor in {expected_file}"
         f"{'' if expected_file.is_file() else ' (which does not exist)'}. Use a run directory that has "

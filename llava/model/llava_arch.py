@@ -317,20 +317,12 @@ class LlavaMetaForCausalLM(ABC):
 
     def initialize_vision_tokenizer(self, model_args, tokenizer) -> None:
         """Add LLaVA's optional image tokens to ``tokenizer`` and size the embeddings to match (as upstream)."""
-        if model_args.mm_use_im_patch_token:
-            tokenizer.add_tokens([DEFAULT_IMAGE_PATCH_TOKEN], special_tokens=True)
-            self.resize_token_embeddings(len(tokenizer))
-
+        start_end_ids = add_image_tokens(
+            self, tokenizer, patch_token=model_args.mm_use_im_patch_token, start_end=model_args.mm_use_im_start_end
+        )
         if model_args.mm_use_im_start_end:
-            added = tokenizer.add_tokens([DEFAULT_IM_START_TOKEN, DEFAULT_IM_END_TOKEN], special_tokens=True)
-            self.resize_token_embeddings(len(tokenizer))
-            input_embeddings = self.get_input_embeddings().weight
-            output_embeddings = self.get_output_embeddings().weight
-            if added > 0:
-                with gathered_for_modification([input_embeddings, output_embeddings]), torch.no_grad():
-                    # New tokens start at the mean of the existing ones.
-                    input_embeddings[-added:] = input_embeddings[:-added].mean(dim=0, keepdim=True)
-                    output_embeddings[-added:] = output_embeddings[:-added].mean(dim=0, keepdim=True)
+            added = len(start_end_ids)
+            init_rows_at_mean(self, start_end_ids)
             if model_args.tune_mm_mlp_adapter:
                 self.get_input_embeddings().requires_grad_(True)
                 self.get_output_embeddings().requires_grad_(False)
@@ -362,6 +354,39 @@ class LlavaMetaForCausalLM(ABC):
                     f"Unexpected embed_tokens_weight shape in {path}: {tuple(pretrained.shape)}; the model has "
                     f"{tuple(embeddings.shape)} and {added} new tokens."
                 )
+
+
+def add_image_tokens(model, tokenizer, *, patch_token: bool, start_end: bool) -> list[int]:
+    """Add ``<im_patch>`` and/or ``<im_start>``/``<im_end>`` to ``tokenizer`` and grow ``model``'s embeddings to fit.
+
+    The one place both training and the loader size the embeddings for LLaVA's image tokens. The embeddings are only
+    ever grown (upstream resizes to the tokenizer's length, which would cut trained rows off a padded vocabulary).
+    Returns the ids of the start/end tokens that were new to the tokenizer.
+    """
+    if patch_token:
+        tokenizer.add_tokens([DEFAULT_IMAGE_PATCH_TOKEN], special_tokens=True)
+    new_ids: list[int] = []
+    if start_end:
+        known = set(tokenizer.get_vocab())
+        new_tokens = [token for token in (DEFAULT_IM_START_TOKEN, DEFAULT_IM_END_TOKEN) if token not in known]
+        tokenizer.add_tokens([DEFAULT_IM_START_TOKEN, DEFAULT_IM_END_TOKEN], special_tokens=True)
+        new_ids = tokenizer.convert_tokens_to_ids(new_tokens)
+    # `num_embeddings` is the full row count, also while ZeRO-3 holds only a slice of the weight.
+    if len(tokenizer) > model.get_input_embeddings().num_embeddings:
+        model.resize_token_embeddings(len(tokenizer))
+    return new_ids
+
+
+def init_rows_at_mean(model, token_ids: list[int]) -> None:
+    """Start the input and output embedding rows of newly added tokens at the mean of the rows before them (as
+    upstream does for every token it adds)."""
+    if not token_ids:
+        return
+    weights = [model.get_input_embeddings().weight, model.get_output_embeddings().weight]
+    first_new = min(token_ids)
+    with gathered_for_modification(weights), torch.no_grad():
+        for weight in weights:
+            weight[token_ids] = weight[:first_new].mean(dim=0, keepdim=True)
 
 
 def _flatten_features(features, device):

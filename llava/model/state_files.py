@@ -3,7 +3,7 @@
 Every state file the project reads goes through :func:`load_state_file`, so there is exactly one place that decides
 how a file is opened. ``.bin`` files are unpickled with ``torch.load(..., weights_only=True)``: upstream LLaVA calls
 ``torch.load`` without it, so a downloaded ``non_lora_trainables.bin`` or ``mm_projector.bin`` could run arbitrary
-code on load (SPEC 4.9). Here such a file is refused before anything in it runs.
+code on load (docs/upstream_differences.md #9). Here such a file is refused before anything in it runs.
 """
 
 from __future__ import annotations

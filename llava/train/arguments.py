@@ -11,6 +11,7 @@ raises once, before any model is loaded.
 from __future__ import annotations
 
 import ast
+import json
 import importlib.util
 import logging
 import os
@@ -31,6 +32,12 @@ QuantBits = Literal[4, 8, 16]
 QuantType = Literal["fp4", "nf4"]
 VisionSelectFeature = Literal["patch", "cls_patch"]
 PatchMergeType = Literal["flat", "spatial", "spatial_unpad"]
+# The fields typed with those choices; `validate_args` checks each of them.
+LITERAL_FIELDS = frozenset(
+    {"image_aspect_ratio", "lora_bias", "bits", "quant_type", "mm_vision_select_feature", "mm_patch_merge_type"}
+)
+# Makes transformers reuse the DeepSpeed state `setup_distributed` builds on CPU instead of building its own.
+CPU_ACCELERATOR_CONFIG = {"use_configured_state": True}
 # Projector names understood by llava.model.multimodal_projector.builder.build_vision_projector.
 PROJECTOR_TYPE_PATTERN = re.compile(r"linear|identity|mlp(\d+)x_gelu")
 
@@ -67,10 +74,10 @@ class ModelArguments:
         default=False, metadata={"help": "Wrap the image with <im_start>/<im_end> tokens."}
     )
     mm_use_im_patch_token: bool = field(default=True, metadata={"help": "Add the <im_patch> token to the tokenizer."})
-    mm_patch_merge_type: Optional[str] = field(
+    mm_patch_merge_type: PatchMergeType = field(
         default="flat", metadata={"help": "How anyres patch features are merged: 'flat', 'spatial', 'spatial_unpad'."}
     )
-    mm_vision_select_feature: Optional[str] = field(
+    mm_vision_select_feature: VisionSelectFeature = field(
         default="patch", metadata={"help": "'patch' drops the CLS feature, 'cls_patch' keeps it."}
     )
 
@@ -85,13 +92,20 @@ class DataArguments:
         default=False, metadata={"help": "Set by training when a vision tower is configured; not needed on the CLI."}
     )
     image_folder: Optional[str] = field(default=None, metadata={"help": "Folder the 'image' paths are relative to."})
-    image_aspect_ratio: str = field(
+    image_aspect_ratio: ImageAspectRatio = field(
         default="square",
         metadata={"help": "'square' (processor's resize + crop), 'pad' (pad to square first, LLaVA-1.5) or 'anyres'."},
     )
     image_grid_pinpoints: Optional[str] = field(
         default=None,
         metadata={"help": "For anyres: candidate resolutions as a list literal, e.g. '[[336,672],[672,336],[672,672]]'."},
+    )
+    skip_invalid_samples: bool = field(
+        default=False,
+        metadata={
+            "help": "Drop the samples the data checks reject (each is logged with its id and reason) instead of "
+            "stopping; a run where every sample would be dropped still stops."
+        },
     )
 
 
@@ -109,16 +123,16 @@ class TrainingArguments(transformers.TrainingArguments):
     double_quant: bool = field(
         default=True, metadata={"help": "Compress the quantization statistics through double quantization."}
     )
-    quant_type: str = field(
+    quant_type: QuantType = field(
         default="nf4", metadata={"help": "Quantization data type to use. Should be one of `fp4` or `nf4`."}
     )
-    bits: int = field(default=16, metadata={"help": "How many bits to use: 16 (no quantization), 8 or 4 (QLoRA)."})
+    bits: QuantBits = field(default=16, metadata={"help": "How many bits to use: 16 (no quantization), 8 or 4 (QLoRA)."})
     lora_enable: bool = field(default=False, metadata={"help": "Train LoRA adapters instead of the full model."})
     lora_r: int = field(default=64, metadata={"help": "LoRA rank."})
     lora_alpha: int = field(default=16, metadata={"help": "LoRA scaling numerator."})
     lora_dropout: float = field(default=0.05, metadata={"help": "Dropout on the LoRA path."})
     lora_weight_path: str = field(default="", metadata={"help": "Accepted for compatibility (unused upstream too)."})
-    lora_bias: str = field(
+    lora_bias: LoraBias = field(
         default="none", metadata={"help": "Which biases LoRA trains: 'none', 'all' or 'lora_only'."}
     )
     mm_projector_lr: Optional[float] = field(
@@ -146,8 +160,54 @@ class TrainingArguments(transformers.TrainingArguments):
         self._map_warmup_ratio()
         if not torch.cuda.is_available():
             self._adapt_to_cpu()
-        super().__post_init__()
+        # Parsing stays pure: transformers' __post_init__ would set up the devices (a process group under a
+        # launcher) and read the world size for the DeepSpeed config. Both wait for `setup_distributed`.
+        deepspeed, self.deepspeed = self.deepspeed, None
+        self._parsing = True
+        try:
+            super().__post_init__()
+        finally:
+            self.deepspeed = deepspeed
+            self._parsing = False
         self._drop_missing_reporters()
+
+    @property
+    def _setup_devices(self) -> torch.device:
+        # transformers' cached property, entered through `self.device`: the process state comes first.
+        if self.__dict__.get("_parsing"):
+            return torch.device("cpu")  # a placeholder for transformers' own __post_init__; never cached
+        self.setup_distributed()
+        return transformers.TrainingArguments._setup_devices.__get__(self, type(self))
+
+    def __getattr__(self, name: str):
+        # transformers' world-size and rank properties read `distributed_state`, which the device set-up creates.
+        if name == "distributed_state" and not self.__dict__.get("_parsing"):
+            self.setup_distributed()
+            return self.__dict__["distributed_state"]
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    def setup_distributed(self) -> None:
+        """Create the process state this run needs: the DeepSpeed state over gloo on a machine without CUDA
+        (`llava.distributed.state.init_distributed_state`), the devices, and transformers' DeepSpeed config (which
+        ZeRO-3 needs before any model is created). Idempotent; `train()` calls it as its first step after parsing,
+        and the first use of `.device` calls it otherwise.
+        """
+        if self.__dict__.get("_distributed_ready"):
+            return
+        self._distributed_ready = True
+        if self.deepspeed and not torch.cuda.is_available():
+            from llava.distributed.state import init_distributed_state
+
+            init_distributed_state(self.deepspeed)
+        _ = self.device
+        if self.deepspeed:
+            # What transformers' __post_init__ does with --deepspeed, now that the world size is known.
+            from accelerate.utils import DeepSpeedPlugin
+            from transformers.integrations.deepspeed import HfTrainerDeepSpeedConfig
+
+            self.hf_deepspeed_config = HfTrainerDeepSpeedConfig(self.deepspeed)
+            self.hf_deepspeed_config.trainer_config_process(self)
+            self.deepspeed_plugin = DeepSpeedPlugin(hf_ds_config=self.hf_deepspeed_config)
 
     def _map_warmup_ratio(self) -> None:
         """--warmup_ratio r (transformers 4) == --warmup_steps r (transformers 5, for r < 1)."""
@@ -159,39 +219,21 @@ class TrainingArguments(transformers.TrainingArguments):
             self.warmup_steps = self.warmup_ratio
 
     def _adapt_to_cpu(self) -> None:
-        """Let GPU-oriented flags from upstream's scripts run on a machine without CUDA."""
+        """Let GPU-oriented flags from upstream's scripts run on a machine without CUDA (field values only)."""
         if self.tf32:
             warnings.warn("--tf32 needs an Ampere or newer GPU; no GPU found, so it is ignored.", stacklevel=3)
             self.tf32 = None
-        if (self.bf16 or self.fp16) and not self.use_cpu:
-            # transformers refuses bf16 on CPU unless told the run is meant for the CPU.
-            self.use_cpu = True
         if self.fp16:
             warnings.warn("--fp16 is not supported on CPU; training in bf16 instead.", stacklevel=3)
             self.fp16 = False
             self.bf16 = True
+        if self.bf16 or self.deepspeed:
+            # transformers refuses bf16 on CPU unless told the run is meant for the CPU; DeepSpeed's CPU state too.
+            self.use_cpu = True
         if self.deepspeed:
-            self._use_cpu_deepspeed_state()
-
-    def _use_cpu_deepspeed_state(self) -> None:
-        """Make transformers use a DeepSpeed accelerate state on CPU (SPEC section 3).
-
-        On its own, accelerate sets up a plain multi-CPU state on a machine without CUDA and the run later dies in
-        DeepSpeed's batch-size check; a DeepSpeed `PartialState` created before this object's devices are set up,
-        and `use_configured_state`, make transformers use it.
-        """
-        from llava.distributed.state import init_distributed_state
-
-        extra = init_distributed_state(self.deepspeed)
-        if not extra:
-            return
-        configured = dict(extra.get("accelerator_config", {}))
-        current = self.accelerator_config
-        if isinstance(current, dict):
-            configured = {**current, **configured}
-        elif current is not None and not isinstance(current, str):
-            configured = {**current.to_dict(), **configured}
-        self.accelerator_config = configured
+            # DeepSpeed on CPU runs on the accelerate state `setup_distributed` creates (docs/upstream_differences.md,
+            # facts): transformers must reuse it instead of building a plain multi-CPU one.
+            self.accelerator_config = {**_as_dict(self.accelerator_config), **CPU_ACCELERATOR_CONFIG}
 
     def _drop_missing_reporters(self) -> None:
         """Drop `--report_to wandb` (upstream's scripts pass it) when wandb is not installed, with one warning."""
@@ -205,16 +247,42 @@ class TrainingArguments(transformers.TrainingArguments):
             self.report_to = [name for name in self.report_to if name not in missing]
 
 
+def _as_dict(accelerator_config) -> dict:
+    if accelerator_config is None:
+        return {}
+    if isinstance(accelerator_config, dict):
+        return dict(accelerator_config)
+    if isinstance(accelerator_config, str):
+
+        if accelerator_config.lstrip().startswith("{"):
+            return json.loads(accelerator_config)
+        with open(accelerator_config) as file:
+            return json.load(file)
+    return accelerator_config.to_dict()
+
+
 def parse_args(
     argv: Optional[Sequence[str]] = None,
 ) -> tuple[ModelArguments, DataArguments, TrainingArguments]:
-    """Parse the command line (`sys.argv` when `argv` is None) into the three dataclasses and validate them."""
+    """Parse the command line (`sys.argv` when `argv` is None) into the three dataclasses and validate them.
+
+    Pure: nothing but the three objects is created (no process group, no environment variables).
+    """
     parser = transformers.HfArgumentParser((ModelArguments, DataArguments, TrainingArguments))
+    _leave_choices_to_validation(parser)
     model_args, data_args, training_args = parser.parse_args_into_dataclasses(
         args=None if argv is None else list(argv)
     )
     validate_args(model_args, data_args, training_args)
     return model_args, data_args, training_args
+
+
+def _leave_choices_to_validation(parser) -> None:
+    """HfArgumentParser turns `Literal` fields into argparse choices, and argparse stops at the first bad one;
+    `validate_args` checks them instead, so that every problem is reported at once."""
+    for action in parser._actions:
+        if action.dest in LITERAL_FIELDS:
+            action.choices = None
 
 
 class ArgumentsError(ValueError):
@@ -239,7 +307,8 @@ def validate_args(model_args: ModelArguments, data_args: DataArguments, training
 def _not_one_of(flag: str, value, choices: tuple) -> Optional[str]:
     if value in choices:
         return None
-    return f"{flag} {value!r} is not one of {', '.join(repr(c) for c in choices)}."
+    shown = value if isinstance(value, str) and not isinstance(choices[0], str) else repr(value)
+    return f"{flag} {shown} is not one of {', '.join(repr(c) for c in choices)}."
 
 
 def _check_choices(model_args: ModelArguments, data_args: DataArguments, training_args: TrainingArguments) -> list[str]:
@@ -255,7 +324,7 @@ def _check_choices(model_args: ModelArguments, data_args: DataArguments, trainin
     ]
     versions = set(conv_templates) | set(VERSIONS_WITH_DEFAULT_TEMPLATE)
     if model_args.version not in versions:
-        # upstream silently falls back to vicuna_v1 (SPEC 4.4)
+        # upstream silently falls back to vicuna_v1 (docs/upstream_differences.md #4)
         problems.append(
             f"--version {model_args.version!r} is not a conversation template; valid names: "
             f"{', '.join(sorted(versions))}."

@@ -10,7 +10,7 @@ What it adds to `Trainer`, as upstream does (and where upstream is buggy, fixed)
   #1010, #1245, #1566); projector pretraining writes `mm_projector.bin`; a full fine-tune writes a normal model.
 - Resuming restores those files into the model, the projector included (upstream #1200).
 - The share of supervised tokens and the number of fully masked samples are counted from the batches' labels and
-  logged (SPEC 4.3).
+  logged (upstream #661, #1166, #1706).
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from transformers.trainer_pt_utils import get_parameter_names  # noqa: F401  (re
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, has_length, rotate_checkpoints
 
 from llava.constants import IGNORE_INDEX
+from llava.model.files import TRAINING_ARGS_FILE
 from llava.train import saving
 
 logger = logging.getLogger(__name__)
@@ -36,6 +37,9 @@ logger = logging.getLogger(__name__)
 STAGING_DIR = ".staging"
 
 PROJECTOR_KEY = "mm_projector"
+# What projector pretraining saves to mm_projector.bin. (Upstream adds the embeddings when --mm_use_im_start_end,
+# but it refuses to pretrain with that flag, so they never get there.)
+PROJECTOR_KEYS = (PROJECTOR_KEY, "vision_resampler")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -275,11 +279,11 @@ class LLaVATrainer(Trainer):
         if mode == saving.OutputKind.LORA:
             saving.save_lora_outputs(self.model, output_dir, self.args.lora_bias, self.args.should_save)
         else:
-            saving.save_projector_outputs(self.model, output_dir, self._projector_keys(), self.args.should_save)
+            saving.save_projector_outputs(self.model, output_dir, PROJECTOR_KEYS, self.args.should_save)
         if self.args.should_save:
             if self.processing_class is not None:
                 self.processing_class.save_pretrained(output_dir)
-            torch.save(self.args, os.path.join(output_dir, saving.TRAINING_ARGS_NAME))
+            torch.save(self.args, os.path.join(output_dir, TRAINING_ARGS_FILE))
 
     def _save_checkpoint(self, model, trial) -> None:
         """Write `checkpoint-N/` aside and rename it into place only once complete.
@@ -320,11 +324,6 @@ class LLaVATrainer(Trainer):
         staging_root = getattr(self, "_staging_root", None)
         return staging_root if staging_root is not None else super()._get_output_dir(trial)
 
-    def _projector_keys(self) -> list[str]:
-        keys = [PROJECTOR_KEY, "vision_resampler"]
-        if getattr(self.args, "use_im_start_end", False):
-            keys.extend(["embed_tokens", "embed_in"])
-        return keys
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: Optional[nn.Module] = None) -> None:
         model = self.model if model is None else model

@@ -15,7 +15,6 @@ import torch
 import transformers
 from torch import nn
 
-from llava.constants import QUANTIZATION_SKIP_MODULES
 from llava.conversation import Conversation, get_conv_template, template_name
 from llava.train.arguments import (
     DataArguments,
@@ -24,7 +23,9 @@ from llava.train.arguments import (
     parse_grid_pinpoints,
 )
 from llava.distributed.state import is_zero3_enabled
-from llava.distributed.zero3 import disable_4bit_cpu_repacking, gathered_for_modification
+from llava.model.quantization import bnb_config
+from llava.distributed.zero3 import disable_4bit_cpu_repacking
+from llava.model.llava_arch import init_rows_at_mean
 
 logger = logging.getLogger(__name__)
 
@@ -40,23 +41,19 @@ def compute_dtype(training_args: TrainingArguments) -> torch.dtype:
 def quantization_kwargs(training_args: TrainingArguments) -> dict[str, Any]:
     """`from_pretrained` keyword arguments for `--bits 4|8` (none for 16).
 
-    Upstream always passes `device_map`, which ZeRO-3 forbids, so QLoRA could not run under ZeRO-3 (#1692,
-    SPEC 4.6). Under ZeRO-3 there is no `device_map`, and 4-bit weights are stored in the training dtype so that
+    Upstream always passes `device_map`, which ZeRO-3 forbids, so QLoRA could not run under ZeRO-3 (upstream
+    #1692). Under ZeRO-3 there is no `device_map`, and 4-bit weights are stored in the training dtype so that
     ZeRO-3 can partition them with the other parameters.
     """
     if training_args.bits not in (4, 8):
         return {}
     dtype = compute_dtype(training_args)
-    config = transformers.BitsAndBytesConfig(
-        load_in_4bit=training_args.bits == 4,
-        load_in_8bit=training_args.bits == 8,
-        llm_int8_skip_modules=list(QUANTIZATION_SKIP_MODULES),
-        llm_int8_threshold=6.0,
-        llm_int8_has_fp16_weight=False,
-        bnb_4bit_compute_dtype=dtype,
-        bnb_4bit_use_double_quant=training_args.double_quant,
-        bnb_4bit_quant_type=training_args.quant_type,
-        bnb_4bit_quant_storage=dtype if is_zero3_enabled() else None,
+    config = bnb_config(
+        training_args.bits,
+        dtype,
+        double_quant=training_args.double_quant,
+        quant_type=training_args.quant_type,
+        quant_storage=dtype if is_zero3_enabled() else None,
     )
     kwargs: dict[str, Any] = {"quantization_config": config}
     if not is_zero3_enabled():
@@ -102,7 +99,7 @@ def setup_template(model_args: ModelArguments, tokenizer, model: nn.Module) -> C
     """Set the pad token as upstream does for `--version` and return the conversation template to train with.
 
     `v0` adds a `[PAD]` token (resizing the embeddings) and, like `v0.5`, uses vicuna_v1; every other version
-    pads with `unk` and uses the template of that name. An unknown name is an error (SPEC 4.4), caught earlier by
+    pads with `unk` and uses the template of that name. An unknown name is an error (docs/upstream_differences.md #4), caught earlier by
     `validate_args`; `get_conv_template` raises too, for callers that skip validation.
     """
     version = model_args.version
@@ -121,16 +118,7 @@ def smart_tokenizer_and_embedding_resize(special_tokens_dict: dict, tokenizer, m
     """Add special tokens, resize the embeddings and start the new rows at the mean of the old ones."""
     num_new_tokens = tokenizer.add_special_tokens(special_tokens_dict)
     model.resize_token_embeddings(len(tokenizer))
-    if num_new_tokens > 0:
-        _fill_new_rows_with_mean(model, num_new_tokens)
-
-
-def _fill_new_rows_with_mean(model: nn.Module, num_new_tokens: int) -> None:
-    weights = [model.get_input_embeddings().weight, model.get_output_embeddings().weight]
-    with gathered_for_modification(weights):
-        for weight in weights:
-            rows = weight.data
-            rows[-num_new_tokens:] = rows[:-num_new_tokens].mean(dim=0, keepdim=True)
+    init_rows_at_mean(model, list(range(len(tokenizer) - num_new_tokens, len(tokenizer))))
 
 
 @dataclass(frozen=True)

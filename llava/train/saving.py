@@ -1,7 +1,7 @@
 """LLaVA's output files: what a LoRA run, a projector-pretraining run and a full fine-tune write, and reading
 them back when a run resumes.
 
-LoRA (`--lora_enable True`), in `output_dir` and in every `checkpoint-N/` (SPEC section 2):
+LoRA (`--lora_enable True`), in `output_dir` and in every `checkpoint-N/` (upstream #1010, #1245, #1566):
 `adapter_model.bin` + `adapter_config.json` (written by PEFT, keys without the adapter name),
 `non_lora_trainables.bin` (every trainable non-LoRA tensor, e.g. the projector) and `config.json`.
 Projector pretraining (`--tune_mm_mlp_adapter True`): `mm_projector.bin` + `config.json`.
@@ -22,6 +22,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from llava.model.files import ADAPTER_WEIGHTS_FILE, NON_LORA_TRAINABLES_FILE, PROJECTOR_FILE
 from llava.model.state_files import load_state_file
 from llava.distributed.zero3 import (
     get_mm_adapter_state_maybe_zero_3,
@@ -31,12 +32,6 @@ from llava.distributed.zero3 import (
 
 logger = logging.getLogger(__name__)
 
-ADAPTER_WEIGHTS_NAME = "adapter_model.bin"
-ADAPTER_CONFIG_NAME = "adapter_config.json"
-NON_LORA_TRAINABLES_NAME = "non_lora_trainables.bin"
-PROJECTOR_WEIGHTS_NAME = "mm_projector.bin"
-CONFIG_NAME = "config.json"
-TRAINING_ARGS_NAME = "training_args.bin"
 
 # The config written next to an adapter describes the model to rebuild for inference, not this training process:
 # the cache is on (upstream sets use_cache=True before its final save) and the base is loaded unquantized unless
@@ -85,7 +80,7 @@ def save_lora_outputs(model: nn.Module, output_dir: str, lora_bias: str, is_main
     model.save_pretrained(
         output_dir, state_dict=adapter_state, safe_serialization=False, save_embedding_layers=False
     )
-    torch.save(non_lora_state, os.path.join(output_dir, NON_LORA_TRAINABLES_NAME))
+    torch.save(non_lora_state, os.path.join(output_dir, NON_LORA_TRAINABLES_FILE))
     logger.info(
         "Saved LoRA adapter (%d tensors) and %d non-LoRA trainable tensors to %s",
         len(adapter_state),
@@ -103,7 +98,7 @@ def save_projector_outputs(
         return
     os.makedirs(output_dir, exist_ok=True)
     save_config(model.config, output_dir)
-    torch.save(state, os.path.join(output_dir, PROJECTOR_WEIGHTS_NAME))
+    torch.save(state, os.path.join(output_dir, PROJECTOR_FILE))
     logger.info("Saved the projector (%d tensors) to %s", len(state), output_dir)
 
 
@@ -111,21 +106,21 @@ def load_lora_outputs(model: nn.Module, checkpoint_dir: str) -> None:
     """Restore the adapter AND the non-LoRA trainables (the projector) from a LoRA checkpoint (upstream #1200)."""
     from peft import set_peft_model_state_dict
 
-    adapter_state = _load_tensors(os.path.join(checkpoint_dir, ADAPTER_WEIGHTS_NAME))
+    adapter_state = _load_tensors(os.path.join(checkpoint_dir, ADAPTER_WEIGHTS_FILE))
     result = set_peft_model_state_dict(model, adapter_state)
     if result.unexpected_keys:
         raise ValueError(
-            f"{checkpoint_dir}/{ADAPTER_WEIGHTS_NAME} holds tensors this model has no place for: "
+            f"{checkpoint_dir}/{ADAPTER_WEIGHTS_FILE} holds tensors this model has no place for: "
             f"{sorted(result.unexpected_keys)[:5]}; resume with the same LoRA flags as the original run."
         )
-    non_lora_path = os.path.join(checkpoint_dir, NON_LORA_TRAINABLES_NAME)
+    non_lora_path = os.path.join(checkpoint_dir, NON_LORA_TRAINABLES_FILE)
     _load_into(model, _load_tensors(non_lora_path), non_lora_path)
     logger.info("Restored the adapter and the non-LoRA trainables from %s", checkpoint_dir)
 
 
 def load_projector_outputs(model: nn.Module, checkpoint_dir: str) -> None:
     """Restore the projector from a projector-pretraining checkpoint."""
-    path = os.path.join(checkpoint_dir, PROJECTOR_WEIGHTS_NAME)
+    path = os.path.join(checkpoint_dir, PROJECTOR_FILE)
     _load_into(model, _load_tensors(path), path)
     logger.info("Restored the projector from %s", checkpoint_dir)
 
@@ -136,7 +131,7 @@ def _load_tensors(path: str) -> dict[str, torch.Tensor]:
             f"{path} is missing, so the checkpoint cannot be resumed; delete the incomplete checkpoint folder "
             "to resume from the one before it."
         )
-    return load_state_file(path)  # weights_only: a .bin must not be able to run code when loaded (SPEC 4.9)
+    return load_state_file(path)  # weights_only: a .bin must not be able to run code when loaded (docs/upstream_differences.md #9)
 
 
 def _load_into(model: nn.Module, state: dict[str, torch.Tensor], path: str) -> None:

@@ -1,8 +1,8 @@
 """LLaVA training entry point: `python llava/train/train.py ...` (or `deepspeed llava/train/train_mem.py ...`).
 
-`train()` reads as its steps: parse and validate the flags -> seed -> model -> k-bit preparation -> LoRA ->
-tokenizer and template -> vision modules -> data -> trainer -> train (resuming from the last `checkpoint-*`) ->
-save. Upstream's public names are importable from here, as they were from upstream's train.py.
+`train()` parses and validates the flags; `run()` is the job, in steps: set up distributed -> seed -> check the data
+-> model -> k-bit preparation -> LoRA -> tokenizer and template -> vision modules -> data -> trainer -> train
+(resuming from the last `checkpoint-*`) -> save. Upstream's public names are importable from here, as they were from upstream's train.py.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from llava.data.dataset import (
     make_supervised_data_module,
 )
 from llava.data.records import load_records
+from llava.model.files import CHECKPOINT_GLOB
 from llava.distributed.state import is_main_process
 from llava.train.llava_trainer import LLaVATrainer
 from llava.train.lora import add_lora, cast_kbit_modules, enable_input_grads, find_all_linear_names
@@ -73,7 +74,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-CHECKPOINT_GLOB = "checkpoint-*"
 
 
 def train(attn_implementation: Optional[str] = None, argv: Optional[Sequence[str]] = None) -> LLaVATrainer:
@@ -82,8 +82,19 @@ def train(attn_implementation: Optional[str] = None, argv: Optional[Sequence[str
     Returns the trainer (upstream returns None), whose `model` and `state` describe the finished run.
     """
     model_args, data_args, training_args = parse_args(argv)
+    return run(model_args, data_args, training_args, attn_implementation=attn_implementation)
+
+
+def run(
+    model_args: ModelArguments,
+    data_args: DataArguments,
+    training_args: TrainingArguments,
+    attn_implementation: Optional[str] = None,
+) -> LLaVATrainer:
+    """The training job itself, as a function of the three parsed argument dataclasses."""
+    training_args.setup_distributed()
     _configure_logging()
-    # Before the model and LoRA exist, so that the same seed gives the same run (upstream seeded later, SPEC 4.8).
+    # Before the model and LoRA exist, so that the same seed gives the same run (docs/upstream_differences.md #8).
     _seed(training_args)
     records = _check_data(model_args, data_args)
 
@@ -128,7 +139,8 @@ def _seed(training_args: TrainingArguments) -> None:
 
 def _check_data(model_args: ModelArguments, data_args: DataArguments) -> list[dict]:
     """Read the data and check every sample cheaply (structure, roles, image placeholders, image files exist)
-    before anything heavy loads; a problem stops the run with the data checker's message (upstream #677, #732)."""
+    before anything heavy loads; a problem stops the run with the data checker's message (upstream #677, #732), or
+    with `--skip_invalid_samples` drops the sample (logging it)."""
     records = load_records(data_args.data_path)
     report = validate_for_training(
         records,
@@ -137,6 +149,8 @@ def _check_data(model_args: ModelArguments, data_args: DataArguments) -> list[di
         conv=get_conv_template(template_name(model_args.version)),
         is_multimodal=model_args.vision_tower is not None,
     )
+    if data_args.skip_invalid_samples:
+        return report.drop_invalid(records, logger)
     report.enforce(logger)
     return records
 
