@@ -56,7 +56,9 @@ def convert(annotation_file: str, result_file: str, result_upload_file: str) -> 
     for data_type in ("image", "video"):
         scores[data_type] = accuracy(data, results, data_type)
     missing = [
-        q["question_id"] for q in data["questions"] if _question_id(q) not in results and q["question_id"] not in results
+        q["question_id"]
+        for q in data["questions"]
+        if _question_id(q) not in results and q["question_id"] not in results
     ]
     if missing:
         raise ValueError(

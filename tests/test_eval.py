@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
+from train_helpers import multimodal_flags
 
 from llava.eval.answers import ANSWER_KEYS, SHORT_UUID_ALPHABET, SHORT_UUID_LENGTH
 from llava.train.train import train
-from train_helpers import multimodal_flags
 
 pytestmark = pytest.mark.slow
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -72,7 +72,12 @@ def question_files(tiny, tmp_path_factory):
     mmbench = root / "mmbench.tsv"
     columns = ["index", "question", "hint", "A", "B", "C", "D", "answer", "category", "image", "source",
                "l2-category", "comment", "split"]  # fmt: skip
-    options = [("red", "blue", "green", "gray"), ("yes", "no", "", ""), ("one", "two", "three", "nan"), ("a", "b", "", "")]
+    options = [
+        ("red", "blue", "green", "gray"),
+        ("yes", "no", "", ""),
+        ("one", "two", "three", "nan"),
+        ("a", "b", "", ""),
+    ]
     with open(mmbench, "w", newline="", encoding="utf-8") as file:
         writer = csv.writer(file, delimiter="\t")
         writer.writerow(columns)
@@ -193,7 +198,9 @@ def test_batched_greedy_answers_equal_one_at_a_time(lora_run, tiny):
     for index, record in enumerate(records[:16]):
         text = _question(record) + PADDING * (index % 5)
         if "image" in record:
-            requests.append(Request(index, text, image_query(text, False), str(Path(tiny.image_folder) / record["image"])))
+            requests.append(
+                Request(index, text, image_query(text, False), str(Path(tiny.image_folder) / record["image"]))
+            )
         else:
             requests.append(Request(index, text, text))
     dataset = RequestDataset(requests, tokenizer, processor, model.config, "vicuna_v1")

@@ -26,7 +26,14 @@ def _write_jsonl(path: Path, lines: list[dict]) -> Path:
 
 
 def _answer(question_id, text, prompt="q"):
-    return {"question_id": question_id, "prompt": prompt, "text": text, "answer_id": "x", "model_id": "m", "metadata": {}}
+    return {
+        "question_id": question_id,
+        "prompt": prompt,
+        "text": text,
+        "answer_id": "x",
+        "model_id": "m",
+        "metadata": {},
+    }
 
 
 def _script(name: str):
@@ -44,7 +51,14 @@ def _script(name: str):
 
 @pytest.mark.parametrize(
     "count, num_chunks, sizes",
-    [(10, 1, [10]), (10, 3, [4, 4, 2]), (9, 3, [3, 3, 3]), (5, 4, [2, 2, 1, 0]), (3, 5, [1, 1, 1, 0, 0]), (0, 2, [0, 0])],
+    [
+        (10, 1, [10]),
+        (10, 3, [4, 4, 2]),
+        (9, 3, [3, 3, 3]),
+        (5, 4, [2, 2, 1, 0]),
+        (3, 5, [1, 1, 1, 0, 0]),
+        (0, 2, [0, 0]),
+    ],
 )
 def test_chunks_split_as_upstream_and_cover_every_item_once(count, num_chunks, sizes):
     items = list(range(count))
@@ -140,11 +154,15 @@ def test_eval_textvqa_matches_prompts_to_annotations(tmp_path, capsys):
 
 def test_eval_pope_per_category(tmp_path):
     """Run as pope.sh runs it: `python llava/eval/eval_pope.py ...`."""
-    questions = [{"question_id": i, "category": category} for i, category in enumerate(["random"] * 5 + ["adversarial"] * 2)]
+    questions = [
+        {"question_id": i, "category": category} for i, category in enumerate(["random"] * 5 + ["adversarial"] * 2)
+    ]
     question_file = _write_jsonl(tmp_path / "llava_pope_test.jsonl", questions)
     annotation_dir = tmp_path / "coco"
     annotation_dir.mkdir()
-    _write_jsonl(annotation_dir / "coco_pope_random.json", [{"label": label} for label in ["yes", "yes", "no", "no", "yes"]])
+    _write_jsonl(
+        annotation_dir / "coco_pope_random.json", [{"label": label} for label in ["yes", "yes", "no", "no", "yes"]]
+    )
     _write_jsonl(annotation_dir / "coco_pope_adversarial.json", [{"label": "no"}, {"label": "yes"}])
     # Interleaved across categories; per category in the label files' order.
     texts = {0: "Yes, there is.", 5: "Yes", 1: "No, there is not.", 6: "Yes.", 2: "no.",
@@ -175,7 +193,9 @@ def test_eval_pope_per_category(tmp_path):
 def test_eval_science_qa(tmp_path, capsys):
     from llava.eval import eval_science_qa
 
-    problems = {f"p{i}": {"choices": ["x", "y", "z"], "answer": answer} for i, answer in enumerate([1, 2, 0, 0, 1, 0, 2])}
+    problems = {
+        f"p{i}": {"choices": ["x", "y", "z"], "answer": answer} for i, answer in enumerate([1, 2, 0, 0, 1, 0, 2])
+    }
     (tmp_path / "problems.json").write_text(json.dumps(problems))
     (tmp_path / "pid_splits.json").write_text(json.dumps({"test": [f"p{i}" for i in range(6)], "val": ["p6"]}))
     answers = [
@@ -210,7 +230,9 @@ def test_eval_science_qa(tmp_path, capsys):
 
 
 def test_convert_gqa(tmp_path):
-    src = _write_jsonl(tmp_path / "merge.jsonl", [_answer("201", "Yes."), _answer("202", "Red..."), _answer("203", "A Cat")])
+    src = _write_jsonl(
+        tmp_path / "merge.jsonl", [_answer("201", "Yes."), _answer("202", "Red..."), _answer("203", "A Cat")]
+    )
     _script("convert_gqa_for_eval").main(["--src", str(src), "--dst", str(tmp_path / "predictions.json")])
     assert json.loads((tmp_path / "predictions.json").read_text()) == [
         {"questionId": "201", "prediction": "yes"}, {"questionId": "202", "prediction": "red"},
@@ -239,12 +261,16 @@ def test_convert_vizwiz(tmp_path):
     results = _write_jsonl(tmp_path / "answers.jsonl", [_answer(1, "Unanswerable."), _answer(0, "A can of soup")])
     upload = tmp_path / "answers_upload" / "llava-tiny.json"
     convert = _script("convert_vizwiz_for_submission")
-    convert.main(["--annotation-file", str(questions), "--result-file", str(results), "--result-upload-file", str(upload)])
+    convert.main(
+        ["--annotation-file", str(questions), "--result-file", str(results), "--result-upload-file", str(upload)]
+    )
     assert json.loads(upload.read_text()) == [{"image": "VizWiz_0.jpg", "answer": "can of soup"},
                                               {"image": "VizWiz_1.jpg", "answer": "unanswerable"}]  # fmt: skip
     _write_jsonl(results, [_answer(0, "soup")])
     with pytest.raises(ValueError, match=r"1 questions .* have no answer .*\[1\]"):
-        convert.main(["--annotation-file", str(questions), "--result-file", str(results), "--result-upload-file", str(upload)])
+        convert.main(
+            ["--annotation-file", str(questions), "--result-file", str(results), "--result-upload-file", str(upload)]
+        )
 
 
 def test_convert_seed(tmp_path, capsys):
@@ -334,7 +360,9 @@ def _parser_for(command: list[str]):
 def test_eval_script_commands_parse(script, tmp_path):
     """Each script, run with `python` recording its arguments instead, calls our modules with flags they accept."""
     record = tmp_path / "calls.jsonl"
-    fake_python = f'python() {{ "{sys.executable}" -c "import json, sys; print(json.dumps(sys.argv[1:]))" "$@" >> "{record}"; }}'
+    fake_python = (
+        f'python() {{ "{sys.executable}" -c "import json, sys; print(json.dumps(sys.argv[1:]))" "$@" >> "{record}"; }}'
+    )
     subprocess.run(
         ["bash", "-c", f"{fake_python}; source {EVAL_SCRIPTS / script}"],
         cwd=tmp_path, capture_output=True, text=True, timeout=60,

@@ -39,7 +39,9 @@ def read_jsonl(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
             try:
                 records.append(json.loads(line))
             except json.JSONDecodeError as error:
-                raise ValueError(f"{path}, line {number}: not a JSON object ({error}); fix or remove the line") from None
+                raise ValueError(
+                    f"{path}, line {number}: not a JSON object ({error}); fix or remove the line"
+                ) from None
     return records
 
 

@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 
 import torch
 
-from llava.eval.answers import AnswersFile, read_jsonl, short_uuid
+from llava.eval.answers import AnswersFile, short_uuid
 
 logger = logging.getLogger(__name__)
 
@@ -307,9 +307,7 @@ def run(
     """The common body of every entry point: check flags, take this chunk of ``questions``, load the model, turn
     each question into requests (``to_requests(question, model_config)`` yields them), answer them."""
     chunk = get_chunk(questions, args.num_chunks, args.chunk_idx)
-    logger.info(
-        "chunk %d of %d: %d of %d questions", args.chunk_idx, args.num_chunks, len(chunk), len(questions)
-    )
+    logger.info("chunk %d of %d: %d of %d questions", args.chunk_idx, args.num_chunks, len(chunk), len(questions))
     loaded = load_model(args)
     conv_mode = args.conv_mode
     if switch_plain_models:

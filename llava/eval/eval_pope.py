@@ -85,7 +85,9 @@ def print_scores(scores: PopeScores) -> None:
     print(f"Recall: {scores.recall}")
     print(f"F1 score: {scores.f1}")
     print(f"Yes ratio: {scores.yes_ratio}")
-    print(f"{scores.f1:.3f}, {scores.accuracy:.3f}, {scores.precision:.3f}, {scores.recall:.3f}, {scores.yes_ratio:.3f}")
+    print(
+        f"{scores.f1:.3f}, {scores.accuracy:.3f}, {scores.precision:.3f}, {scores.recall:.3f}, {scores.yes_ratio:.3f}"
+    )
 
 
 def evaluate(annotation_dir: str, question_file: str, result_file: str) -> dict[str, PopeScores]:

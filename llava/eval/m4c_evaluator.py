@@ -22,7 +22,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
-PUNCTUATIONS = (";", "/", "[", "]", '"', "{", "}", "(", ")", "=", "+", "\\", "_", "-", ">", "<", "@", "`", ",", "?", "!")
+PUNCTUATIONS = tuple(';/[]"{}()=+\\_-><@`,?!')  # each mark on its own; the order does not matter
 NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten")
 NUMBERS = {"none": "0", **{word: str(value) for value, word in enumerate(NUMBER_WORDS)}}
 ARTICLES = frozenset({"a", "an", "the"})
@@ -120,4 +120,3 @@ class TextVQAAccuracyEvaluator:
             for entry in pred_list
         ]
         return sum(scores) / len(scores)
-

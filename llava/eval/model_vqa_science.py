@@ -26,7 +26,9 @@ def read_questions(question_file: str) -> list[dict[str, Any]]:
         try:
             questions = json.load(file)
         except json.JSONDecodeError as error:
-            raise ValueError(f"{question_file} is not JSON ({error}); pass the ScienceQA file in LLaVA's format") from None
+            raise ValueError(
+                f"{question_file} is not JSON ({error}); pass the ScienceQA file in LLaVA's format"
+            ) from None
     if not isinstance(questions, list):
         raise ValueError(f"{question_file} must hold a JSON list of samples, not a {type(questions).__name__}")
     for number, question in enumerate(questions, start=1):
