@@ -494,6 +494,20 @@ def build_all(root: str | Path, seed: int = 0) -> TinyPaths:
     if stamp.exists() and json.loads(stamp.read_text()) == wanted:
         return paths
     root.mkdir(parents=True, exist_ok=True)
+    from transformers.utils import logging as hf_logging
+
+    # Each part is one small file: transformers' "Writing model shards" bars would only add noise.
+    hf_logging.disable_progress_bar()
+    try:
+        _build_parts(root, paths, seed)
+    finally:
+        hf_logging.enable_progress_bar()
+    _write_json(stamp, wanted)
+    logger.info("tiny models and data are in %s", root)
+    return paths
+
+
+def _build_parts(root: Path, paths: TinyPaths, seed: int) -> None:
     with tempfile.TemporaryDirectory(dir=root) as tmp:
         tokenizer_dir = build_tokenizer(Path(tmp) / "tokenizer", seed)
         build_vision_tower(paths.vision_tower, seed)
@@ -501,9 +515,6 @@ def build_all(root: str | Path, seed: int = 0) -> TinyPaths:
     build_pretrain(paths.pretrain, paths.llm, paths.vision_tower, seed)
     build_llava(paths.llava, paths.llm, paths.vision_tower, seed)
     build_dataset(paths.data.parent, seed=seed)
-    _write_json(stamp, wanted)
-    logger.info("tiny models and data are in %s", root)
-    return paths
 
 
 def tree_digest(root: str | Path) -> str:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import platform
+import re
 from collections.abc import Iterator
 
 
@@ -20,6 +22,33 @@ def quiet_transformers() -> Iterator[None]:
     finally:
         hf_logging.set_verbosity(verbosity)
 
+
+
+class _MessageFilter(logging.Filter):
+    def __init__(self, pattern: str) -> None:
+        super().__init__()
+        self.pattern = re.compile(pattern)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not self.pattern.search(record.getMessage())
+
+
+@contextlib.contextmanager
+def ignored_log_messages(logger_name: str, pattern: str) -> Iterator[None]:
+    """Drop the records of logger ``logger_name`` whose message matches ``pattern`` inside the block (one known,
+    expected message; everything else that logger says still shows)."""
+    logger = logging.getLogger(logger_name)
+    message_filter = _MessageFilter(pattern)
+    logger.addFilter(message_filter)
+    try:
+        yield
+    finally:
+        logger.removeFilter(message_filter)
+
+
+def ignore_log_messages(logger_name: str, pattern: str) -> None:
+    """Like :func:`ignored_log_messages`, for the rest of the process."""
+    logging.getLogger(logger_name).addFilter(_MessageFilter(pattern))
 
 
 def cpu_description() -> tuple[str, frozenset[str]]:

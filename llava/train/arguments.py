@@ -138,6 +138,14 @@ class TrainingArguments(transformers.TrainingArguments):
     mm_projector_lr: Optional[float] = field(
         default=None, metadata={"help": "Learning rate for the projector (default: --learning_rate)."}
     )
+    console_log_steps: int = field(
+        default=0,
+        metadata={
+            "help": "Print one short line (loss, grad norm, learning rate) every N training steps under the progress "
+            "bar, instead of transformers' dict for every log; 0 keeps transformers' output. Logs and reporters "
+            "still get every --logging_steps."
+        },
+    )
     group_by_modality_length: bool = field(
         default=False, metadata={"help": "Batch image and text-only samples separately, grouped by length."}
     )
@@ -195,10 +203,12 @@ class TrainingArguments(transformers.TrainingArguments):
         if self.__dict__.get("_distributed_ready"):
             return
         self._distributed_ready = True
-        if self.deepspeed and not torch.cuda.is_available():
-            from llava.distributed.state import init_distributed_state
+        if self.deepspeed:
+            from llava.distributed.state import init_distributed_state, silence_deepspeed_deprecations
 
-            init_distributed_state(self.deepspeed)
+            silence_deepspeed_deprecations()
+            if not torch.cuda.is_available():
+                init_distributed_state(self.deepspeed)
         _ = self.device
         if self.deepspeed:
             # What transformers' __post_init__ does with --deepspeed, now that the world size is known.
@@ -227,6 +237,8 @@ class TrainingArguments(transformers.TrainingArguments):
             warnings.warn("--fp16 is not supported on CPU; training in bf16 instead.", stacklevel=3)
             self.fp16 = False
             self.bf16 = True
+        # Pinned memory only helps copies to a GPU (torch warns at every dataloader start without one).
+        self.dataloader_pin_memory = False
         if self.bf16 or self.deepspeed:
             # transformers refuses bf16 on CPU unless told the run is meant for the CPU; DeepSpeed's CPU state too.
             self.use_cpu = True

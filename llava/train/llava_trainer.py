@@ -23,7 +23,7 @@ from typing import Any, Optional, Sequence
 import torch
 from torch import nn
 from torch.utils.data import Sampler
-from transformers import Trainer
+from transformers import ProgressCallback, Trainer
 from transformers.trainer_pt_utils import get_parameter_names  # noqa: F401  (re-exported for upstream users)
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, has_length, rotate_checkpoints
 
@@ -202,12 +202,40 @@ def projector_param_groups(
 # Trainer
 
 
+class ConsoleLogCallback(ProgressCallback):
+    """transformers' progress bar, with one short line per `every` logged training steps instead of a dict per log.
+
+    Only the console changes: every log still reaches `log_history` and the reporters.
+    """
+
+    FIELDS = (("loss", "loss {:.4f}"), ("grad_norm", "grad_norm {:.3g}"), ("learning_rate", "lr {:.3g}"))
+
+    def __init__(self, every: int) -> None:
+        super().__init__()
+        self.every = max(1, every)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not state.is_world_process_zero or self.training_bar is None or not logs:
+            return
+        if "loss" in logs and state.global_step % self.every and state.global_step != state.max_steps:
+            return
+        shown = [template.format(float(logs[key])) for key, template in self.FIELDS if key in logs]
+        shown += [f"{key} {value:.4g}" for key, value in logs.items() if key.startswith("eval_")]
+        if not shown:
+            shown = [f"{key} {value}" for key, value in logs.items() if isinstance(value, (int, float))][:4]
+        self.training_bar.write(f"step {state.global_step}/{state.max_steps}  " + "  ".join(shown))
+
+
 class LLaVATrainer(Trainer):
     """`Trainer` for LLaVA: modality-grouped sampling, projector learning rate, LLaVA's output files."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self._label_counts = _LabelCounts()
+        every = getattr(self.args, "console_log_steps", 0)
+        if every and not self.args.disable_tqdm:
+            self.remove_callback(ProgressCallback)
+            self.add_callback(ConsoleLogCallback(every))
 
     # -- data -------------------------------------------------------------------------------------------------
 

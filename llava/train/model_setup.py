@@ -24,6 +24,7 @@ from llava.train.arguments import (
 )
 from llava.distributed.state import is_zero3_enabled
 from llava.model.quantization import bnb_config
+from llava.utils import ignored_log_messages
 from llava.distributed.zero3 import disable_4bit_cpu_repacking
 from llava.model.llava_arch import init_rows_at_mean
 
@@ -74,7 +75,10 @@ def load_model(
     if model_args.vision_tower is not None:
         from llava.model import LlavaLlamaForCausalLM
 
-        model = LlavaLlamaForCausalLM.from_pretrained(model_args.model_name_or_path, **kwargs)
+        # A Vicuna base loads into the LLaVA class by design (upstream does the same); transformers warns about the
+        # model types differing at every start, on every rank.
+        with ignored_log_messages("transformers.configuration_utils", "You are using a model of type"):
+            model = LlavaLlamaForCausalLM.from_pretrained(model_args.model_name_or_path, **kwargs)
     else:
         model = transformers.LlamaForCausalLM.from_pretrained(model_args.model_name_or_path, **kwargs)
     model.config.use_cache = False
