@@ -228,3 +228,17 @@ def test_bad_flags_are_reported_together_before_loading(question_files, tmp_path
     with pytest.raises(SystemExit, match="--batch-size must be at least 1.*--chunk-idx must be in 0..1"):
         model_vqa.main(["--model-path", str(tmp_path / "absent"), "--question-file", str(question_files["vqa"]),
                         "--batch-size", "0", "--num-chunks", "2", "--chunk-idx", "2"])  # fmt: skip
+
+
+def test_8bit_lora_run_answers(question_files, lora_run, tiny, tmp_path):
+    """bitsandbytes 8-bit loading of the LoRA run (merged over its base) answers every question. (4-bit inference on
+    CPU needs layer widths divisible by 32 in bitsandbytes 0.50's CPU kernel; the tiny model's MLP is 172 wide.)"""
+    from llava.eval import model_vqa_loader
+
+    answers = tmp_path / "answers.jsonl"
+    argv = _argv("model_vqa_loader", question_files, lora_run, tiny, answers, 0)
+    argv[argv.index("--num-chunks") + 1] = "1"
+    model_vqa_loader.main([*argv, "--load-8bit", "--num-workers", "0"])
+    lines = [json.loads(line) for line in answers.read_text().splitlines()]
+    assert [line["question_id"] for line in lines] == _expected_ids("model_vqa_loader", question_files)
+    assert all(list(line) == list(ANSWER_KEYS) for line in lines)
