@@ -1,0 +1,85 @@
+"""Evaluation during training (beyond upstream, which hard-codes eval_dataset=None: upstream #1017, #1536, #1717):
+--eval_data_path or a seeded --eval_split_ratio hold-out, eval_loss logged at each evaluation."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from train_helpers import multimodal_flags
+
+from llava.train.arguments import ArgumentsError, parse_args
+from llava.train.train import train
+
+EVAL_STEPS = 3
+MAX_STEPS = 12
+
+
+@pytest.fixture
+def base_argv(tiny, tmp_path):
+    return multimodal_flags(tiny, tmp_path / "out")
+
+
+@pytest.mark.parametrize(
+    "extra, expected",
+    [
+        (["--eval_strategy", "steps"], "--eval_strategy steps needs evaluation data: pass --eval_data_path"),
+        (["--evaluation_strategy", "epoch"], "--eval_strategy epoch needs evaluation data"),
+        (["--eval_split_ratio", "1.0"], "--eval_split_ratio must be in [0, 1), got 1.0."),
+        (["--eval_data_path", "/nonexistent/eval.json"], "--eval_data_path '/nonexistent/eval.json' does not exist"),
+    ],
+)
+def test_bad_evaluation_flags(base_argv, extra, expected):
+    with pytest.raises(ArgumentsError) as caught:
+        parse_args(base_argv + extra)
+    assert expected in str(caught.value)
+
+
+def test_eval_data_path_and_split_ratio_exclude_each_other(base_argv, tiny):
+    with pytest.raises(ArgumentsError, match="--eval_data_path and --eval_split_ratio both choose"):
+        parse_args(base_argv + ["--eval_data_path", str(tiny.data), "--eval_split_ratio", "0.2"])
+
+
+def test_eval_data_is_checked_like_training_data_before_the_model_loads(base_argv, tiny, tmp_path, monkeypatch):
+    records = json.loads(Path(tiny.data).read_text())[:4]
+    records[2]["image"] = "missing/picture.png"
+    eval_file = tmp_path / "eval.json"
+    eval_file.write_text(json.dumps(records))
+
+    def must_not_load(*args, **kwargs):
+        raise AssertionError("the model was loaded before the evaluation data was checked")
+
+    monkeypatch.setattr("llava.train.train.load_model", must_not_load)
+    with pytest.raises(ValueError) as caught:
+        train(argv=base_argv + ["--eval_data_path", str(eval_file), "--eval_strategy", "steps"])
+    assert str(eval_file) in str(caught.value) and records[2]["id"] in str(caught.value)
+
+
+@pytest.mark.slow
+def test_split_run_logs_eval_loss_at_each_evaluation_and_it_drops(tiny, tmp_path):
+    """A LoRA run with a seeded 25% hold-out: eval_loss at every eval step, lower at the end than at the start."""
+    argv = multimodal_flags(
+        tiny, tmp_path / "run", eval_split_ratio=0.25, eval_strategy="steps", eval_steps=EVAL_STEPS,
+        per_device_eval_batch_size=4, max_steps=MAX_STEPS, save_steps=MAX_STEPS, learning_rate=5e-3,
+        mm_projector_lr=5e-3,
+    )  # fmt: skip
+    trainer = train(argv=argv)
+    all_ids = [record["id"] for record in json.loads(Path(tiny.data).read_text())]
+    train_ids = [record["id"] for record in trainer.train_dataset.list_data_dict]
+    eval_ids = [record["id"] for record in trainer.eval_dataset.list_data_dict]
+    assert len(eval_ids) == round(0.25 * len(all_ids)) and not set(eval_ids) & set(train_ids)
+    assert sorted(train_ids + eval_ids) == sorted(all_ids)
+    assert eval_ids == [i for i in all_ids if i in set(eval_ids)]  # the file's order
+
+    evaluations = {entry["step"]: entry["eval_loss"] for entry in trainer.state.log_history if "eval_loss" in entry}
+    assert sorted(evaluations) == list(range(EVAL_STEPS, MAX_STEPS + 1, EVAL_STEPS))
+    assert evaluations[MAX_STEPS] < evaluations[EVAL_STEPS]
+
+    # the same seed holds out the same samples
+    from llava.train.train import _split_for_evaluation
+
+    model_args, data_args, training_args = parse_args(argv)
+    records = json.loads(Path(tiny.data).read_text())
+    _, again = _split_for_evaluation(records, model_args, data_args, training_args)
+    assert [record["id"] for record in again] == eval_ids
