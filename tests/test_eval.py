@@ -189,8 +189,9 @@ def test_batched_greedy_answers_equal_one_at_a_time(lora_run, tiny):
     """Left-padded batches (mixed prompt lengths, text-only questions among image ones) give exactly the token ids
     of batch size 1, for uneven batches and for one batch holding everything."""
     from llava.eval.common import Request, RequestDataset, image_query
-    from llava.inference import generate_batch, generation_options
+    from llava.inference import generation_options
     from llava.model.builder import load_pretrained_model
+    from llava.model.generation import generate_batch
 
     tokenizer, model, processor, _ = load_pretrained_model(lora_run, tiny.llm, device="cpu")
     records = _records(tiny)

@@ -14,6 +14,7 @@ from llava.train.train import train
 
 EVAL_STEPS = 3
 MAX_STEPS = 12
+GENERATION_SAMPLES = 3
 
 
 @pytest.fixture
@@ -58,11 +59,12 @@ def test_eval_data_is_checked_like_training_data_before_the_model_loads(base_arg
 
 @pytest.mark.slow
 def test_split_run_logs_eval_loss_at_each_evaluation_and_it_drops(tiny, tmp_path):
-    """A LoRA run with a seeded 25% hold-out: eval_loss at every eval step, lower at the end than at the start."""
+    """A LoRA run with a seeded 25% hold-out: eval_loss at every eval step, lower at the end than at the start, and
+    the first evaluation samples answered at each evaluation."""
     argv = multimodal_flags(
         tiny, tmp_path / "run", eval_split_ratio=0.25, eval_strategy="steps", eval_steps=EVAL_STEPS,
         per_device_eval_batch_size=4, max_steps=MAX_STEPS, save_steps=MAX_STEPS, learning_rate=5e-3,
-        mm_projector_lr=5e-3,
+        mm_projector_lr=5e-3, eval_generation_samples=GENERATION_SAMPLES, eval_generation_max_new_tokens=6,
     )  # fmt: skip
     trainer = train(argv=argv)
     all_ids = [record["id"] for record in json.loads(Path(tiny.data).read_text())]
@@ -75,6 +77,19 @@ def test_split_run_logs_eval_loss_at_each_evaluation_and_it_drops(tiny, tmp_path
     evaluations = {entry["step"]: entry["eval_loss"] for entry in trainer.state.log_history if "eval_loss" in entry}
     assert sorted(evaluations) == list(range(EVAL_STEPS, MAX_STEPS + 1, EVAL_STEPS))
     assert evaluations[MAX_STEPS] < evaluations[EVAL_STEPS]
+
+    lines = [json.loads(line) for line in (tmp_path / "run" / "eval_generations.jsonl").read_text().splitlines()]
+    assert [(line["step"], line["id"]) for line in lines] == [
+        (step, sample_id) for step in sorted(evaluations) for sample_id in eval_ids[:GENERATION_SAMPLES]
+    ]
+    records = {record["id"]: record for record in trainer.eval_dataset.list_data_dict}
+    for line in lines:
+        assert list(line) == ["step", "id", "prompt", "reference", "answer"] and isinstance(line["answer"], str)
+        record = records[line["id"]]
+        question = record["conversations"][0]["value"].replace("<image>", "").strip()
+        assert line["reference"] == record["conversations"][1]["value"]
+        assert line["prompt"].startswith("A chat between a curious user") and question in line["prompt"]
+        assert line["prompt"].endswith("ASSISTANT:") and ("<image>" in line["prompt"]) == ("image" in record)
 
     # the same seed holds out the same samples
     from llava.train.train import _split_for_evaluation

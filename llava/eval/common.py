@@ -277,7 +277,7 @@ def answer(requests: Sequence[Request], loaded: LoadedModel, args: argparse.Name
     number of lines written."""
     from tqdm import tqdm
 
-    from llava.inference import generate_batch
+    from llava.model.generation import generate_batch
 
     model, tokenizer = loaded.model, loaded.tokenizer
     dataset = RequestDataset(requests, tokenizer, loaded.image_processor, model.config, conv_mode)

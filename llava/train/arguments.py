@@ -136,6 +136,13 @@ class TrainingArguments(transformers.TrainingArguments):
         default="nf4", metadata={"help": "Quantization data type to use. Should be one of `fp4` or `nf4`."}
     )
     bits: QuantBits = field(default=16, metadata={"help": "How many bits to use: 16 (no quantization), 8 or 4 (QLoRA)."})
+    eval_generation_samples: int = field(
+        default=0,
+        metadata={"help": "At each evaluation, answer the first K evaluation samples into eval_generations.jsonl."},
+    )
+    eval_generation_max_new_tokens: int = field(
+        default=64, metadata={"help": "Longest answer --eval_generation_samples generates (tokens)."}
+    )
     lora_enable: bool = field(default=False, metadata={"help": "Train LoRA adapters instead of the full model."})
     lora_r: int = field(default=64, metadata={"help": "LoRA rank."})
     lora_alpha: int = field(default=16, metadata={"help": "LoRA scaling numerator."})
@@ -430,6 +437,13 @@ def _check_evaluation(data_args: DataArguments, training_args: TrainingArguments
     has_eval_data = data_args.eval_data_path is not None or data_args.eval_split_ratio > 0
     if data_args.eval_data_path is not None and data_args.eval_split_ratio > 0:
         problems.append("--eval_data_path and --eval_split_ratio both choose the evaluation data; pass one.")
+    if training_args.eval_generation_samples < 0 or training_args.eval_generation_max_new_tokens < 1:
+        problems.append(
+            "--eval_generation_samples must be 0 or more and --eval_generation_max_new_tokens at least 1, got "
+            f"{training_args.eval_generation_samples} and {training_args.eval_generation_max_new_tokens}."
+        )
+    if training_args.eval_generation_samples > 0 and not has_eval_data:
+        problems.append("--eval_generation_samples answers evaluation samples: pass --eval_data_path or --eval_split_ratio.")
     strategy = getattr(training_args.eval_strategy, "value", training_args.eval_strategy)
     if strategy != "no" and not has_eval_data:
         problems.append(

@@ -25,6 +25,7 @@ from llava.data.dataset import (
 from llava.data.records import load_records
 from llava.model.files import CHECKPOINT_GLOB
 from llava.distributed.state import is_main_process
+from llava.train.eval_generation import add_eval_generation
 from llava.train.llava_trainer import LLaVATrainer
 from llava.train.lora import add_lora, cast_kbit_modules, enable_input_grads, find_all_linear_names
 from llava.train.lora import prepare_for_kbit_training
@@ -120,6 +121,7 @@ def run(
         tokenizer=tokenizer, data_args=data_args, eval_records=eval_records, **dataset_kwargs
     )
     trainer = LLaVATrainer(model=model, processing_class=tokenizer, args=training_args, **data_module)
+    add_eval_generation(trainer, tokenizer, training_args)
     _fit(trainer, training_args)
     _save(trainer)
     return trainer
