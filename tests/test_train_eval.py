@@ -98,3 +98,30 @@ def test_split_run_logs_eval_loss_at_each_evaluation_and_it_drops(tiny, tmp_path
     records = json.loads(Path(tiny.data).read_text())
     _, again = _split_for_evaluation(records, model_args, data_args, training_args)
     assert [record["id"] for record in again] == eval_ids
+
+
+@pytest.mark.slow
+def test_load_best_model_at_end_restores_the_whole_lora_run(tiny, tmp_path):
+    """The best checkpoint's adapter AND projector end up in the trainer's model and in output_dir. The test makes
+    the first evaluation the best (greater_is_better with eval_loss, which drops), so best != last."""
+    import torch
+    from train_helpers import checkpoints, load_bin
+
+    output_dir = tmp_path / "run"
+    argv = multimodal_flags(
+        tiny, output_dir, eval_split_ratio=0.25, eval_strategy="steps", eval_steps=2, save_steps=2, max_steps=6,
+        load_best_model_at_end=True, metric_for_best_model="eval_loss", greater_is_better=True,
+        learning_rate=5e-3, mm_projector_lr=5e-3, save_total_limit=2,
+    )  # fmt: skip
+    trainer = train(argv=argv)
+    losses = [entry["eval_loss"] for entry in trainer.state.log_history if "eval_loss" in entry]
+    assert losses[0] == max(losses) and trainer.state.best_model_checkpoint == str(output_dir / "checkpoint-2")
+    # save_total_limit keeps the best checkpoint besides the last, and the saved state names it where it is
+    assert checkpoints(output_dir) == ["checkpoint-2", "checkpoint-6"]
+    state = json.loads((output_dir / "checkpoint-6" / "trainer_state.json").read_text())
+    assert state["best_model_checkpoint"] == str(output_dir / "checkpoint-2")
+    for name in ("adapter_model.bin", "non_lora_trainables.bin"):
+        final, best = load_bin(output_dir / name), load_bin(output_dir / "checkpoint-2" / name)
+        last = load_bin(output_dir / "checkpoint-6" / name)
+        assert set(final) == set(best) and all(torch.equal(final[key], best[key]) for key in final), name
+        assert any(not torch.equal(final[key], last[key]) for key in final), name
