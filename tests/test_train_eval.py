@@ -65,6 +65,7 @@ def test_split_run_logs_eval_loss_at_each_evaluation_and_it_drops(tiny, tmp_path
         tiny, tmp_path / "run", eval_split_ratio=0.25, eval_strategy="steps", eval_steps=EVAL_STEPS,
         per_device_eval_batch_size=4, max_steps=MAX_STEPS, save_steps=MAX_STEPS, learning_rate=5e-3,
         mm_projector_lr=5e-3, eval_generation_samples=GENERATION_SAMPLES, eval_generation_max_new_tokens=6,
+        report_to="tensorboard",
     )  # fmt: skip
     trainer = train(argv=argv)
     all_ids = [record["id"] for record in json.loads(Path(tiny.data).read_text())]
@@ -90,6 +91,18 @@ def test_split_run_logs_eval_loss_at_each_evaluation_and_it_drops(tiny, tmp_path
         assert line["reference"] == record["conversations"][1]["value"]
         assert line["prompt"].startswith("A chat between a curious user") and question in line["prompt"]
         assert line["prompt"].endswith("ASSISTANT:") and ("<image>" in line["prompt"]) == ("image" in record)
+
+    # TensorBoard (the train extra installs it) has the losses and the answers
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    (log_dir,) = (tmp_path / "run" / "runs").iterdir()  # transformers' default: output_dir/runs/<date>_<host>
+    events = EventAccumulator(str(log_dir), size_guidance={"tensors": 0, "scalars": 0}).Reload()
+    assert [event.step for event in events.Scalars("eval/loss")] == sorted(evaluations)
+    assert [event.value for event in events.Scalars("eval/loss")] == pytest.approx(list(evaluations.values()))
+    assert "train/loss" in events.Tags()["scalars"]
+    texts = events.Tensors("eval_generations/text_summary")
+    assert [event.step for event in texts] == sorted(evaluations)
+    assert eval_ids[0] in texts[0].tensor_proto.string_val[0].decode()
 
     # the same seed holds out the same samples
     from llava.train.train import _split_for_evaluation
