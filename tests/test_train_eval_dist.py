@@ -1,5 +1,5 @@
-"""Evaluation during a 2-process DeepSpeed ZeRO-3 LoRA run (every parameter partitioned): eval_loss at each
-evaluation and eval_generations.jsonl written once, by the main process, from generation on both ranks."""
+"""Evaluation during 2-process DeepSpeed LoRA runs (ZeRO-2, and ZeRO-3 with every parameter partitioned): eval_loss
+at each evaluation and eval_generations.jsonl written once, by the main process, from generation on both ranks."""
 
 from __future__ import annotations
 
@@ -16,14 +16,16 @@ MAX_STEPS = 4
 GENERATION_SAMPLES = 2
 
 
-def test_zero3_lora_run_with_an_eval_split(tiny, tmp_path):
-    config = json.loads((REPO_ROOT / "configs" / "zero3.json").read_text())
-    config["zero_optimization"]["stage3_param_persistence_threshold"] = 0
-    zero3 = tmp_path / "zero3_all_partitioned.json"
-    zero3.write_text(json.dumps(config))
+@pytest.mark.parametrize("stage", ["zero2", "zero3"])
+def test_deepspeed_lora_run_with_an_eval_split(stage, tiny, tmp_path):
+    config = json.loads((REPO_ROOT / "configs" / f"{stage}.json").read_text())
+    if stage == "zero3":
+        config["zero_optimization"]["stage3_param_persistence_threshold"] = 0
+    deepspeed_config = tmp_path / f"{stage}.json"
+    deepspeed_config.write_text(json.dumps(config))
     output_dir = tmp_path / "run"
     argv = multimodal_flags(
-        tiny, output_dir, deepspeed=zero3, eval_split_ratio=0.25, eval_strategy="steps", eval_steps=EVAL_STEPS,
+        tiny, output_dir, deepspeed=deepspeed_config, eval_split_ratio=0.25, eval_strategy="steps", eval_steps=EVAL_STEPS,
         per_device_eval_batch_size=2, max_steps=MAX_STEPS, save_steps=MAX_STEPS,
         eval_generation_samples=GENERATION_SAMPLES, eval_generation_max_new_tokens=4,
     )  # fmt: skip
