@@ -33,21 +33,9 @@ class _MessageFilter(logging.Filter):
         return not self.pattern.search(record.getMessage())
 
 
-@contextlib.contextmanager
-def ignored_log_messages(logger_name: str, pattern: str) -> Iterator[None]:
-    """Drop the records of logger ``logger_name`` whose message matches ``pattern`` inside the block (one known,
-    expected message; everything else that logger says still shows)."""
-    logger = logging.getLogger(logger_name)
-    message_filter = _MessageFilter(pattern)
-    logger.addFilter(message_filter)
-    try:
-        yield
-    finally:
-        logger.removeFilter(message_filter)
-
-
 def ignore_log_messages(logger_name: str, pattern: str) -> None:
-    """Like :func:`ignored_log_messages`, for the rest of the process."""
+    """Drop, for the rest of the process, the records of logger ``logger_name`` whose message matches ``pattern`` (one
+    known, expected message; everything else that logger says still shows)."""
     logging.getLogger(logger_name).addFilter(_MessageFilter(pattern))
 
 

@@ -86,20 +86,26 @@ class LlavaMetaModel:
 
         if getattr(self, "mm_projector", None) is None:
             self.mm_projector = build_vision_projector(self.config)
-            if "unpad" in merge_type:
-                std = self.config.hidden_size**-0.5
-                self.image_newline = nn.Parameter(torch.randn(self.config.hidden_size, dtype=self.dtype) * std)
         else:
             for param in self.mm_projector.parameters():
                 param.requires_grad = True
+        if "unpad" in merge_type and getattr(self, "image_newline", None) is None:
+            # Also when the projector came with the checkpoint: a LLaVA-1.5 model (flat merge, no newline) moved to
+            # 1.6-style spatial_unpad tiles has none yet; it is trained from here and saved with the projector
+            # (docs/upstream_differences.md #14).
+            std = self.config.hidden_size**-0.5
+            self.image_newline = nn.Parameter(torch.randn(self.config.hidden_size, dtype=self.dtype) * std)
 
         if model_args.pretrain_mm_mlp_adapter is not None:
             self.load_mm_projector(model_args.pretrain_mm_mlp_adapter)
 
     def load_mm_projector(self, path) -> None:
-        """Load projector weights from an ``mm_projector.bin`` (keys containing ``mm_projector.``)."""
+        """Load projector weights from an ``mm_projector.bin`` (keys containing ``mm_projector.``): a local file or
+        ``owner/name/mm_projector.bin`` on the hub."""
+        from llava.model.hub import resolve_file
         from llava.model.state_files import load_state_file
 
+        path = resolve_file(path, what="--pretrain_mm_mlp_adapter")
         state = load_state_file(path)
         weights = {key.split(PROJECTOR_KEY, 1)[1]: value for key, value in state.items() if PROJECTOR_KEY in key}
         if not weights:

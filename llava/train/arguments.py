@@ -11,14 +11,15 @@ raises once, before any model is loaded.
 from __future__ import annotations
 
 import ast
-import json
 import importlib.util
+import json
 import logging
 import os
 import re
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Optional, Sequence, get_args
+from typing import Literal, Optional, get_args
 
 import torch
 import transformers
@@ -45,7 +46,7 @@ PROJECTOR_TYPE_PATTERN = re.compile(r"linear|identity|mlp(\d+)x_gelu")
 class ModelArguments:
     model_name_or_path: Optional[str] = field(
         default="facebook/opt-125m",
-        metadata={"help": "Language model (or LLaVA checkpoint) directory to start from."},
+        metadata={"help": "Language model (or LLaVA checkpoint) to start from: a directory or a hub id."},
     )
     version: Optional[str] = field(
         default="v0",
@@ -59,13 +60,17 @@ class ModelArguments:
         default=False, metadata={"help": "Projector pretraining: train only the multimodal projector."}
     )
     vision_tower: Optional[str] = field(
-        default=None, metadata={"help": "CLIP vision tower directory; without it the run is text-only."}
+        default=None, metadata={"help": "CLIP vision tower (directory or hub id); without it the run is text-only."}
     )
     mm_vision_select_layer: Optional[int] = field(
         default=-1, metadata={"help": "Vision tower hidden layer whose features feed the projector (-2 in LLaVA-1.5)."}
     )
     pretrain_mm_mlp_adapter: Optional[str] = field(
-        default=None, metadata={"help": "mm_projector.bin from a projector-pretraining run, loaded into the projector."}
+        default=None,
+        metadata={
+            "help": "mm_projector.bin from a projector-pretraining run (a path, or owner/name/mm_projector.bin on "
+            "the hub), loaded into the projector."
+        },
     )
     mm_projector_type: Optional[str] = field(
         default="linear", metadata={"help": "Projector: 'linear', 'mlp<N>x_gelu' (LLaVA-1.5: mlp2x_gelu) or 'identity'."}
@@ -388,11 +393,26 @@ def _check_files(model_args: ModelArguments, data_args: DataArguments) -> list[s
         problems.append(f"--image_folder {data_args.image_folder!r} does not exist or is not a folder.")
     adapter = model_args.pretrain_mm_mlp_adapter
     if adapter is not None and not os.path.isfile(adapter):
-        problems.append(
-            f"--pretrain_mm_mlp_adapter {adapter!r} does not exist; pass the mm_projector.bin written by a "
-            "--tune_mm_mlp_adapter run."
-        )
+        problems += _check_hub_file(adapter)
     return problems
+
+
+def _check_hub_file(adapter: str) -> list[str]:
+    """`--pretrain_mm_mlp_adapter owner/name/mm_projector.bin` names a file on the hub (upstream's released
+    projectors); it must resolve (from the cache when offline) before anything loads."""
+    from llava.model.hub import HubResolutionError, is_hub_id, resolve_file
+
+    if not is_hub_id("/".join(adapter.split("/")[:2])):
+        return [
+            f"--pretrain_mm_mlp_adapter {adapter!r} does not exist; pass the mm_projector.bin written by a "
+            "--tune_mm_mlp_adapter run, or a file on the hub such as "
+            "liuhaotian/llava-v1.5-mlp2x-336px-pretrain-vicuna-7b-v1.5/mm_projector.bin."
+        ]
+    try:
+        resolve_file(adapter, what="--pretrain_mm_mlp_adapter")
+    except HubResolutionError as error:
+        return [str(error)]
+    return []
 
 
 def _check_combinations(

@@ -17,18 +17,18 @@ import copy
 import enum
 import logging
 import os
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
 
-from llava.model.files import ADAPTER_WEIGHTS_FILE, NON_LORA_TRAINABLES_FILE, PROJECTOR_FILE
-from llava.model.state_files import load_state_file
 from llava.distributed.zero3 import (
     get_mm_adapter_state_maybe_zero_3,
     get_peft_state_maybe_zero_3,
     get_peft_state_non_lora_maybe_zero_3,
 )
+from llava.model.files import ADAPTER_WEIGHTS_FILE, NON_LORA_TRAINABLES_FILE, PROJECTOR_FILE
+from llava.model.state_files import load_state_file, nonfinite_tensors
 
 logger = logging.getLogger(__name__)
 
@@ -71,6 +71,7 @@ def save_lora_outputs(model: nn.Module, output_dir: str, lora_bias: str, is_main
     named = list(model.named_parameters())
     adapter_state = get_peft_state_maybe_zero_3(named, lora_bias)
     non_lora_state = get_peft_state_non_lora_maybe_zero_3(named)
+    refuse_nonfinite({**adapter_state, **non_lora_state}, output_dir)
     if not is_main_process:
         return
     os.makedirs(output_dir, exist_ok=True)
@@ -94,12 +95,28 @@ def save_projector_outputs(
 ) -> None:
     """Write `mm_projector.bin` (every tensor whose name contains one of `keys_to_match`) and `config.json`."""
     state = get_mm_adapter_state_maybe_zero_3(model.named_parameters(), keys_to_match)
+    refuse_nonfinite(state, output_dir)
     if not is_main_process:
         return
     os.makedirs(output_dir, exist_ok=True)
     save_config(model.config, output_dir)
     torch.save(state, os.path.join(output_dir, PROJECTOR_FILE))
     logger.info("Saved the projector (%d tensors) to %s", len(state), output_dir)
+
+
+class NonFiniteWeightsError(RuntimeError):
+    """A save was asked to write NaN or inf weights; nothing was written."""
+
+
+def refuse_nonfinite(state: dict[str, torch.Tensor], output_dir: str) -> None:
+    """Raise before writing `state` into `output_dir` when any tensor holds NaN or inf."""
+    bad = nonfinite_tensors(state)
+    if bad:
+        shown = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+        raise NonFiniteWeightsError(
+            f"not saving {output_dir}: the weights {shown} hold NaN or inf. The run diverged; resume from the last "
+            "checkpoint with a lower --learning_rate, or train in float32 / --bf16 True instead of float16 weights."
+        )
 
 
 def load_lora_outputs(model: nn.Module, checkpoint_dir: str) -> None:

@@ -10,31 +10,16 @@ from __future__ import annotations
 import logging
 import pathlib
 import random
-from typing import Optional, Sequence
+from collections.abc import Sequence
+from typing import Optional
 
 import transformers
 
 from llava.conversation import get_conv_template, template_name
-from llava.data.validation import validate_for_training
-from llava.train.arguments import DataArguments, ModelArguments, TrainingArguments, parse_args
 from llava.data.dataset import (
     DataCollatorForSupervisedDataset,
     LazySupervisedDataset,
     make_supervised_data_module,
-)
-from llava.data.records import load_records
-from llava.model.files import CHECKPOINT_GLOB
-from llava.distributed.state import is_main_process
-from llava.train.eval_generation import add_eval_generation
-from llava.train.llava_trainer import LLaVATrainer
-from llava.train.lora import add_lora, cast_kbit_modules, enable_input_grads, find_all_linear_names
-from llava.train.lora import prepare_for_kbit_training
-from llava.train.model_setup import (
-    load_model,
-    load_tokenizer,
-    setup_template,
-    setup_vision_modules,
-    smart_tokenizer_and_embedding_resize,
 )
 from llava.data.preprocess import (
     preprocess,
@@ -44,13 +29,35 @@ from llava.data.preprocess import (
     preprocess_plain,
     preprocess_v1,
 )
-from llava.train.saving import safe_save_model_for_hf_trainer
+from llava.data.records import load_records
+from llava.data.validation import validate_for_training
+from llava.distributed.state import is_main_process
 from llava.distributed.zero3 import (
     get_mm_adapter_state_maybe_zero_3,
     get_peft_state_maybe_zero_3,
     get_peft_state_non_lora_maybe_zero_3,
     maybe_zero_3,
 )
+from llava.model.files import CHECKPOINT_GLOB
+from llava.train.arguments import DataArguments, ModelArguments, TrainingArguments, parse_args
+from llava.train.eval_generation import add_eval_generation
+from llava.train.llava_trainer import LLaVATrainer
+from llava.train.lora import (
+    add_lora,
+    cast_kbit_modules,
+    enable_input_grads,
+    find_all_linear_names,
+    prepare_for_kbit_training,
+)
+from llava.train.model_setup import (
+    align_trainable_dtypes,
+    load_model,
+    load_tokenizer,
+    setup_template,
+    setup_vision_modules,
+    smart_tokenizer_and_embedding_resize,
+)
+from llava.train.saving import safe_save_model_for_hf_trainer
 
 __all__ = [
     "DataArguments",
@@ -116,6 +123,7 @@ def run(
         )
     if training_args.bits in (4, 8):
         cast_kbit_modules(model, training_args)
+    align_trainable_dtypes(model, training_args)
 
     data_module = make_supervised_data_module(
         tokenizer=tokenizer, data_args=data_args, eval_records=eval_records, **dataset_kwargs
