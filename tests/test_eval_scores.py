@@ -380,26 +380,3 @@ def test_eval_script_commands_parse(script, tmp_path):
             assert (args.model_path, args.model_base, args.temperature, args.conv_mode) == (
                 "./checkpoints/run", "./base", 0.0, "vicuna_v1")  # fmt: skip
             assert args.answers_file.endswith(".jsonl") and "/run" in args.answers_file
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Model paths
-
-
-def test_hub_ids_resolve_through_the_cache_and_local_paths_stay(tmp_path, monkeypatch):
-    from huggingface_hub import constants
-
-    from llava.eval.common import resolve_model_path
-
-    snapshot = tmp_path / "hub" / "models--liuhaotian--llava-tiny" / "snapshots" / "0123abc"
-    snapshot.mkdir(parents=True)
-    (snapshot / "config.json").write_text("{}")
-    (tmp_path / "hub" / "models--liuhaotian--llava-tiny" / "refs").mkdir()
-    (tmp_path / "hub" / "models--liuhaotian--llava-tiny" / "refs" / "main").write_text("0123abc")
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
-    assert Path(resolve_model_path("liuhaotian/llava-tiny")) == snapshot
-    local = tmp_path / "checkpoints" / "run"
-    local.mkdir(parents=True)
-    assert resolve_model_path(str(local)) == str(local)
-    assert resolve_model_path("./checkpoints/absent") == "./checkpoints/absent"  # the loader names what is missing

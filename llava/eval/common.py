@@ -195,27 +195,15 @@ def load_model(args: argparse.Namespace) -> LoadedModel:
     from llava.mm_utils import get_model_name_from_path
     from llava.model.builder import load_pretrained_model
 
-    model_path = resolve_model_path(args.model_path)
-    model_base = resolve_model_path(args.model_base) if args.model_base else None
-    name = get_model_name_from_path(os.path.expanduser(args.model_path))
+    # Hub ids (liuhaotian/llava-v1.5-13b) are resolved by the loader.
+    model_path = os.path.expanduser(args.model_path)
+    model_base = os.path.expanduser(args.model_base) if args.model_base else None
+    name = get_model_name_from_path(model_path)
     tokenizer, model, image_processor, _ = load_pretrained_model(
         model_path, model_base, name, load_8bit=args.load_8bit, load_4bit=args.load_4bit,
         device=args.device or default_device(),
     )  # fmt: skip
     return LoadedModel(tokenizer, model, image_processor, name)
-
-
-def resolve_model_path(model_path: str) -> str:
-    """A local directory for ``--model-path`` / ``--model-base``: the path itself when it exists, else a hub id
-    (``liuhaotian/llava-v1.5-13b``) resolved through the Hugging Face cache, which honours ``HF_HUB_OFFLINE``."""
-    expanded = os.path.expanduser(model_path)
-    if os.path.exists(expanded) or expanded.startswith((".", "/")) or expanded.count("/") != 1:
-        return expanded
-    from huggingface_hub import snapshot_download
-
-    local = snapshot_download(expanded)
-    logger.info("%s resolved to %s", model_path, local)
-    return local
 
 
 def plain_model_conv_mode(conv_mode: str, model_name: str) -> str:
