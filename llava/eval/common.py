@@ -20,7 +20,12 @@ from typing import Any, TypeVar
 
 import torch
 
+from llava.constants import IMAGE_TOKEN_INDEX
+from llava.conversation import get_conv_template
 from llava.eval.answers import AnswersFile, short_uuid
+from llava.inference import default_device, image_token_text, load_image
+from llava.inference import generation_options as sampling_options
+from llava.mm_utils import get_model_name_from_path, load_image_from_base64, process_images, tokenizer_image_token
 
 logger = logging.getLogger(__name__)
 
@@ -75,19 +80,11 @@ class Request:
     before_prompt: dict[str, Any] = field(default_factory=dict)
     after_text: dict[str, Any] = field(default_factory=dict)
 
-    @property
-    def has_image(self) -> bool:
-        return self.image_path is not None or self.image_base64 is not None
-
     def load_image(self):
         """The question's image as RGB, or None for a text-only question."""
         if self.image_base64 is not None:
-            from llava.mm_utils import load_image_from_base64
-
             return load_image_from_base64(self.image_base64).convert("RGB")
         if self.image_path is not None:
-            from llava.inference import load_image
-
             return load_image(self.image_path)
         return None
 
@@ -113,15 +110,11 @@ def require(record: dict[str, Any], keys: Iterable[str], where: str) -> None:
 
 def image_query(text: str, mm_use_im_start_end: bool) -> str:
     """The image token (or ``<im_start><image><im_end>``) on its own line before the question, as upstream."""
-    from llava.inference import image_token_text
-
     return image_token_text(mm_use_im_start_end) + "\n" + text
 
 
 def build_prompt(query: str, conv_mode: str) -> str:
     """One user turn in the template, ending where the assistant answers."""
-    from llava.conversation import get_conv_template
-
     conv = get_conv_template(conv_mode)
     conv.append_message(conv.roles[0], query)
     conv.append_message(conv.roles[1], None)
@@ -191,8 +184,6 @@ class LoadedModel:
 
 def load_model(args: argparse.Namespace) -> LoadedModel:
     """``load_pretrained_model`` on ``--model-path`` (and ``--model-base`` for LoRA runs and projectors)."""
-    from llava.inference import default_device
-    from llava.mm_utils import get_model_name_from_path
     from llava.model.builder import load_pretrained_model
 
     # Hub ids (liuhaotian/llava-v1.5-13b) are resolved by the loader.
@@ -216,9 +207,7 @@ def plain_model_conv_mode(conv_mode: str, model_name: str) -> str:
 
 
 def generation_options(args: argparse.Namespace) -> dict[str, Any]:
-    from llava.inference import generation_options as options
-
-    return options(args.temperature, args.max_new_tokens, args.top_p, args.num_beams)
+    return sampling_options(args.temperature, args.max_new_tokens, args.top_p, args.num_beams)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -239,9 +228,6 @@ class RequestDataset(torch.utils.data.Dataset):
         return len(self.requests)
 
     def __getitem__(self, index: int) -> tuple[int, torch.Tensor, torch.Tensor | None, tuple[int, int] | None]:
-        from llava.constants import IMAGE_TOKEN_INDEX
-        from llava.mm_utils import process_images, tokenizer_image_token
-
         request = self.requests[index]
         prompt = build_prompt(request.query, self.conv_mode)
         input_ids = tokenizer_image_token(prompt, self.tokenizer, IMAGE_TOKEN_INDEX, return_tensors="pt")
