@@ -71,6 +71,13 @@ def tiny_image_processor(tiny):
     return CLIPImageProcessor.from_pretrained(tiny.vision_tower)
 
 
+@pytest.fixture(scope="session")
+def upstream():
+    """Upstream LLaVA's own code in its pinned stack (a separate venv, built on first use; see upstream_env.py)."""
+    import upstream_env
+
+    return upstream_env.ensure()
+
 
 @pytest.fixture(scope="session")
 def hub_cache(tiny, tmp_path_factory):

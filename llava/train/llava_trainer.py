@@ -35,6 +35,7 @@ from transformers.trainer_pt_utils import get_parameter_names  # noqa: F401  (re
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, has_length, rotate_checkpoints
 
 from llava.constants import IGNORE_INDEX
+from llava.model import compat
 from llava.model.files import TRAINING_ARGS_FILE
 from llava.train import saving
 
@@ -366,6 +367,8 @@ class LLaVATrainer(Trainer):
         mode = saving.output_kind(self.model, self.args)
         if mode == saving.OutputKind.FULL:
             super().save_model(output_dir, _internal_call=_internal_call)
+            if self.args.should_save:
+                saving.files_for_upstream_stack(output_dir, self.processing_class)
             return
         if mode == saving.OutputKind.LORA:
             saving.save_lora_outputs(self.model, output_dir, self.args.lora_bias, self.args.should_save)
@@ -373,7 +376,7 @@ class LLaVATrainer(Trainer):
             saving.save_projector_outputs(self.model, output_dir, PROJECTOR_KEYS, self.args.should_save)
         if self.args.should_save:
             if self.processing_class is not None:
-                self.processing_class.save_pretrained(output_dir)
+                compat.save_tokenizer(self.processing_class, output_dir)
             torch.save(self.args, os.path.join(output_dir, TRAINING_ARGS_FILE))
 
     def _save(self, output_dir: Optional[str] = None, state_dict=None) -> None:

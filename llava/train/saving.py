@@ -27,7 +27,8 @@ from llava.distributed.zero3 import (
     get_peft_state_maybe_zero_3,
     get_peft_state_non_lora_maybe_zero_3,
 )
-from llava.model.files import ADAPTER_WEIGHTS_FILE, NON_LORA_TRAINABLES_FILE, PROJECTOR_FILE
+from llava.model import compat
+from llava.model.files import ADAPTER_WEIGHTS_FILE, CONFIG_FILE, NON_LORA_TRAINABLES_FILE, PROJECTOR_FILE
 from llava.model.state_files import load_state_file, nonfinite_tensors
 
 logger = logging.getLogger(__name__)
@@ -64,6 +65,15 @@ def save_config(config, output_dir: str) -> None:
         if hasattr(config, name):
             delattr(config, name)
     config.save_pretrained(output_dir)
+    compat.config_for_transformers4(output_dir)  # upstream's stack (transformers 4.37) reads it too
+
+
+def files_for_upstream_stack(output_dir: str, tokenizer=None) -> None:
+    """Make a model folder written by `save_pretrained` readable by upstream's stack (see llava.model.compat)."""
+    if os.path.isfile(os.path.join(output_dir, CONFIG_FILE)):
+        compat.config_for_transformers4(output_dir)
+    if tokenizer is not None:
+        compat.save_tokenizer(tokenizer, output_dir)
 
 
 def save_lora_outputs(model: nn.Module, output_dir: str, lora_bias: str, is_main_process: bool) -> None:
@@ -81,6 +91,7 @@ def save_lora_outputs(model: nn.Module, output_dir: str, lora_bias: str, is_main
     model.save_pretrained(
         output_dir, state_dict=adapter_state, safe_serialization=False, save_embedding_layers=False
     )
+    compat.adapter_config_for_old_peft(output_dir)  # upstream's loader runs peft 0.10
     torch.save(non_lora_state, os.path.join(output_dir, NON_LORA_TRAINABLES_FILE))
     logger.info(
         "Saved LoRA adapter (%d tensors) and %d non-LoRA trainable tensors to %s",
