@@ -12,7 +12,16 @@ from pathlib import Path
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-EXPECTED = ("data:", "splice (cpu", "LoRA step", "ZeRO-3 gather,", "ZeRO-3 gather + write", "peak memory", "GPU")
+EXPECTED = (
+    "data:",
+    "splice (cpu",
+    "LoRA step",
+    "ZeRO-3 gather,",
+    "ZeRO-3 gather + write",
+    "peak memory",
+    "GPU",
+    "eval answers/s, batch 8 vs 1",
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.bench]
 
@@ -26,7 +35,7 @@ def test_every_benchmark_runs_at_tiny_size():
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout)
     assert report["size"] == "tiny" and "cores" in report["machine"]
-    assert set(report["seconds"]) == {"data", "splice", "step", "zero3_save", "memory", "gpu"}
+    assert set(report["seconds"]) == {"data", "splice", "step", "zero3_save", "memory", "gpu", "eval"}
     names = [row["name"] for row in report["rows"]]
     for prefix in EXPECTED:
         assert any(prefix in name for name in names), prefix

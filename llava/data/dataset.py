@@ -199,11 +199,21 @@ class DataCollatorForSupervisedDataset:
         return batch
 
 
-def make_supervised_data_module(tokenizer, data_args, **dataset_kwargs) -> dict:
-    """Dataset and collator for supervised fine-tuning; ``dataset_kwargs`` go to :class:`LazySupervisedDataset`."""
+def make_supervised_data_module(tokenizer, data_args, eval_records: list[dict] | None = None, **dataset_kwargs) -> dict:
+    """Datasets and collator for supervised fine-tuning; ``dataset_kwargs`` go to :class:`LazySupervisedDataset`.
+
+    ``eval_records`` (already checked; from ``--eval_data_path`` or held out of ``--data_path``) become the
+    evaluation dataset; without them there is none, as upstream.
+    """
     train_dataset = LazySupervisedDataset(data_args.data_path, tokenizer, data_args, **dataset_kwargs)
+    eval_dataset = None
+    if eval_records is not None:
+        source = getattr(data_args, "eval_data_path", None) or data_args.data_path
+        eval_dataset = LazySupervisedDataset(
+            source, tokenizer, data_args, **{**dataset_kwargs, "records": eval_records}
+        )
     return dict(
         train_dataset=train_dataset,
-        eval_dataset=None,
+        eval_dataset=eval_dataset,
         data_collator=DataCollatorForSupervisedDataset(tokenizer=tokenizer),
     )

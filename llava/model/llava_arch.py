@@ -217,13 +217,15 @@ class LlavaMetaForCausalLM(ABC):
     # The splice
 
     def prepare_inputs_labels_for_multimodal(
-        self, input_ids, position_ids, attention_mask, past_key_values, labels, images, image_sizes=None
-    ):
+        self, input_ids, position_ids, attention_mask, past_key_values, labels, images, image_sizes=None,
+        padding_side=None,
+    ):  # fmt: skip
         """Replace image tokens by image features; returns upstream's tuple
         ``(None, position_ids, attention_mask, past_key_values, inputs_embeds, labels)``.
 
         Inputs pass through unchanged (with ``inputs_embeds=None``) when there is no vision tower, no image, or a
-        single-token step of generation.
+        single-token step of generation. ``padding_side`` ("left"/"right") overrides
+        ``config.tokenizer_padding_side`` (training's choice): batched generation needs the prompts left-padded.
         """
         vision_tower = self.get_vision_tower()
         if vision_tower is None or images is None or input_ids.shape[1] == 1:
@@ -232,7 +234,9 @@ class LlavaMetaForCausalLM(ABC):
             raise NotImplementedError("projector pretraining with mm_use_im_start_end is not supported (as upstream)")
 
         features = self._image_features(images, image_sizes)
-        embeds, new_labels, new_mask, new_positions = self._splice(input_ids, attention_mask, labels, features)
+        embeds, new_labels, new_mask, new_positions = self._splice(
+            input_ids, attention_mask, labels, features, padding_side
+        )
         return (
             None,
             new_positions if position_ids is not None else None,
@@ -242,7 +246,7 @@ class LlavaMetaForCausalLM(ABC):
             new_labels if labels is not None else None,
         )
 
-    def _splice(self, input_ids, attention_mask, labels, features):
+    def _splice(self, input_ids, attention_mask, labels, features, padding_side=None):
         device = input_ids.device
         batch, length = input_ids.shape
         keep = attention_mask.bool() if attention_mask is not None else torch.ones_like(input_ids, dtype=torch.bool)
@@ -273,7 +277,9 @@ class LlavaMetaForCausalLM(ABC):
                 f"image token takes one placeholder image) but {num_images} were given."
             )
 
-        left_padded = getattr(self.config, "tokenizer_padding_side", "right") == "left"
+        if padding_side is None:
+            padding_side = getattr(self.config, "tokenizer_padding_side", "right")
+        left_padded = padding_side == "left"
         shift = (out_length - row_length) if left_padded else torch.zeros_like(row_length)
         trash = out_length  # an extra column that collects everything not written to the output; sliced off
 

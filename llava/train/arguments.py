@@ -112,6 +112,15 @@ class DataArguments:
             "stopping; a run where every sample would be dropped still stops."
         },
     )
+    # Upstream evaluates nothing while training (eval_dataset=None; upstream #1017, #1536, #1717).
+    eval_data_path: Optional[str] = field(
+        default=None,
+        metadata={"help": "Evaluation data in the training data's format, checked like it; used with --eval_strategy."},
+    )
+    eval_split_ratio: float = field(
+        default=0.0,
+        metadata={"help": "Hold out this share of --data_path (chosen with --seed) as evaluation data instead."},
+    )
 
 
 @dataclass
@@ -132,6 +141,13 @@ class TrainingArguments(transformers.TrainingArguments):
         default="nf4", metadata={"help": "Quantization data type to use. Should be one of `fp4` or `nf4`."}
     )
     bits: QuantBits = field(default=16, metadata={"help": "How many bits to use: 16 (no quantization), 8 or 4 (QLoRA)."})
+    eval_generation_samples: int = field(
+        default=0,
+        metadata={"help": "At each evaluation, answer the first K evaluation samples into eval_generations.jsonl."},
+    )
+    eval_generation_max_new_tokens: int = field(
+        default=64, metadata={"help": "Longest answer --eval_generation_samples generates (tokens)."}
+    )
     lora_enable: bool = field(default=False, metadata={"help": "Train LoRA adapters instead of the full model."})
     lora_r: int = field(default=64, metadata={"help": "LoRA rank."})
     lora_alpha: int = field(default=16, metadata={"help": "LoRA scaling numerator."})
@@ -371,6 +387,8 @@ def _check_files(model_args: ModelArguments, data_args: DataArguments) -> list[s
         problems.append("--data_path is required: a LLaVA JSON (or JSONL) file of conversations.")
     elif not os.path.isfile(data_args.data_path):
         problems.append(f"--data_path {data_args.data_path!r} does not exist or is not a file.")
+    if data_args.eval_data_path is not None and not os.path.isfile(data_args.eval_data_path):
+        problems.append(f"--eval_data_path {data_args.eval_data_path!r} does not exist or is not a file.")
     if data_args.image_folder is not None and not os.path.isdir(data_args.image_folder):
         problems.append(f"--image_folder {data_args.image_folder!r} does not exist or is not a folder.")
     adapter = model_args.pretrain_mm_mlp_adapter
@@ -417,6 +435,7 @@ def _check_combinations(
                 "--tune_mm_mlp_adapter freezes everything but the projector, LoRA weights included; "
                 "drop --lora_enable for projector pretraining."
             )
+    problems += _check_evaluation(data_args, training_args)
     if data_args.image_aspect_ratio == "anyres" and data_args.image_grid_pinpoints is None:
         problems.append("--image_aspect_ratio anyres needs --image_grid_pinpoints (candidate resolutions).")
     if model_args.vision_tower is None and model_args.pretrain_mm_mlp_adapter is not None:
@@ -428,6 +447,29 @@ def _check_combinations(
         problems.append(f"--bits {training_args.bits} with --tune_mm_mlp_adapter: projector pretraining trains only "
                         "the full-precision projector, quantizing the frozen model gains nothing; drop --bits.")
     problems += _missing_packages(training_args)
+    return problems
+
+
+def _check_evaluation(data_args: DataArguments, training_args: TrainingArguments) -> list[str]:
+    problems = []
+    if not 0.0 <= data_args.eval_split_ratio < 1.0:
+        problems.append(f"--eval_split_ratio must be in [0, 1), got {data_args.eval_split_ratio}.")
+    has_eval_data = data_args.eval_data_path is not None or data_args.eval_split_ratio > 0
+    if data_args.eval_data_path is not None and data_args.eval_split_ratio > 0:
+        problems.append("--eval_data_path and --eval_split_ratio both choose the evaluation data; pass one.")
+    if training_args.eval_generation_samples < 0 or training_args.eval_generation_max_new_tokens < 1:
+        problems.append(
+            "--eval_generation_samples must be 0 or more and --eval_generation_max_new_tokens at least 1, got "
+            f"{training_args.eval_generation_samples} and {training_args.eval_generation_max_new_tokens}."
+        )
+    if training_args.eval_generation_samples > 0 and not has_eval_data:
+        problems.append("--eval_generation_samples answers evaluation samples: pass --eval_data_path or --eval_split_ratio.")
+    strategy = getattr(training_args.eval_strategy, "value", training_args.eval_strategy)
+    if strategy != "no" and not has_eval_data:
+        problems.append(
+            f"--eval_strategy {strategy} needs evaluation data: pass --eval_data_path (same format as --data_path) "
+            "or --eval_split_ratio (a held-out share of --data_path)."
+        )
     return problems
 
 

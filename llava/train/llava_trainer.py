@@ -30,6 +30,7 @@ import torch
 from torch import nn
 from torch.utils.data import Sampler
 from transformers import ProgressCallback, Trainer
+from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_pt_utils import get_parameter_names  # noqa: F401  (re-exported for upstream users)
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, has_length, rotate_checkpoints
 
@@ -403,6 +404,7 @@ class LLaVATrainer(Trainer):
             super()._save_checkpoint(model, trial)  # writes into staging_root/checkpoint-N
         finally:
             self._staging_root = None
+        self._point_best_checkpoint_at(run_dir, staged)
         self.accelerator.wait_for_everyone()
         if self.args.should_save:
             if os.path.exists(final):
@@ -419,10 +421,32 @@ class LLaVATrainer(Trainer):
             )
         self.accelerator.wait_for_everyone()
 
+    def _point_best_checkpoint_at(self, run_dir: str, staged: str) -> None:
+        """transformers records the best checkpoint under the folder it saved into (the staging folder) or, for an
+        earlier step, not at all: point it at the renamed `checkpoint-N/`, which `load_best_model_at_end` loads and
+        `save_total_limit` must keep, and record that in the staged trainer_state.json before the rename."""
+        if not self.state.best_global_step:
+            return
+        best = f"{PREFIX_CHECKPOINT_DIR}-{self.state.best_global_step}"
+        self.state.best_model_checkpoint = os.path.join(run_dir, best)
+        if self.args.should_save and os.path.isdir(staged):
+            self.state.save_to_json(os.path.join(staged, TRAINER_STATE_NAME))
+
     def _get_output_dir(self, trial) -> str:
         staging_root = getattr(self, "_staging_root", None)
         return staging_root if staging_root is not None else super()._get_output_dir(trial)
 
+
+    def _load_best_model(self) -> None:
+        """`load_best_model_at_end` for LoRA and projector runs: transformers reloads only the adapter of a PEFT
+        model, which would leave the last step's projector next to the best step's LoRA weights. Under DeepSpeed the
+        engine's checkpoint holds every parameter, and transformers' reload is complete."""
+        mode = saving.output_kind(self.model, self.args)
+        if self.is_deepspeed_enabled or mode == saving.OutputKind.FULL:
+            super()._load_best_model()
+            return
+        logger.info("Loading the best model from %s (%s)", self.state.best_model_checkpoint, self.state.best_metric)
+        self._load_from_checkpoint(self.state.best_model_checkpoint, self.model)
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: Optional[nn.Module] = None) -> None:
         model = self.model if model is None else model

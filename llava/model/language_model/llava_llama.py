@@ -134,14 +134,18 @@ class LlavaLlamaForCausalLM(LlamaForCausalLM, LlavaMetaForCausalLM):
 
     @torch.no_grad()
     def generate(self, inputs: torch.Tensor | None = None, images=None, image_sizes=None, **kwargs):
-        """Generate from a prompt holding ``IMAGE_TOKEN_INDEX`` placeholders; returns only the new tokens."""
+        """Generate from a prompt holding ``IMAGE_TOKEN_INDEX`` placeholders; returns only the new tokens.
+
+        A batch of prompts comes left-padded with its ``attention_mask``; the spliced sequences are left-padded too
+        (whatever padding side training used), so every row's last prompt token sits in the last column.
+        """
         position_ids = kwargs.pop("position_ids", None)
         attention_mask = kwargs.pop("attention_mask", None)
         if "inputs_embeds" in kwargs:
             raise NotImplementedError("`inputs_embeds` is not supported; pass the prompt ids and `images`")
         if images is not None:
             _, position_ids, attention_mask, _, inputs_embeds, _ = self.prepare_inputs_labels_for_multimodal(
-                inputs, position_ids, attention_mask, None, None, images, image_sizes=image_sizes
+                inputs, position_ids, attention_mask, None, None, images, image_sizes=image_sizes, padding_side="left"
             )
         else:
             inputs_embeds = self.get_model().embed_tokens(inputs)
