@@ -9,10 +9,15 @@ PY := $(VENV)/bin/python
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q "$(TORCH_SPEC)"
-	$(PY) -m pip install -q -e ".[train,test]"
+	$(PY) -m pip install -q -e ".[train,test,demo]"
 	touch $@
 
-.PHONY: setup test test-fast lint demo bench
+# Upstream LLaVA's own code (llava-torch 1.2.2.post1) in its pinned stack, for the `upstream` tests; the tests build
+# it too when it is missing. Never the same venv as ours: upstream's package is also named `llava`.
+upstream-env: setup
+	$(PY) tests/upstream_env.py
+
+.PHONY: setup test test-fast lint demo bench upstream-env
 setup: $(VENV)/.installed
 
 test: setup

@@ -3,7 +3,7 @@
     python benchmarks/run.py --quick          # CPU-sized, under 10 minutes on 2 cores
     python benchmarks/run.py --quick --json   # the same rows as JSON
     python benchmarks/run.py --tiny           # seconds; what the smoke test runs
-    python benchmarks/run.py --only splice    # one benchmark (data, image, splice, step, packing, zero3_save, memory, gpu)
+    python benchmarks/run.py --only splice    # one benchmark (data, image, splice, step, packing, zero3_save, memory, gpu, eval)
     python benchmarks/run.py --gpu            # on a GPU: the 7B-shaped LLaVA LoRA step alone, 32 layers (< 4 minutes)
 """
 
@@ -22,6 +22,7 @@ sys.path[:0] = [str(HERE), str(HERE.parent)]
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # thread-pool overhead would blur per-sample timings
 
 import bench_data  # noqa: E402
+import bench_eval  # noqa: E402
 import bench_gpu  # noqa: E402
 import bench_image  # noqa: E402
 import bench_memory  # noqa: E402
@@ -40,6 +41,7 @@ BENCHMARKS = {
     "zero3_save": lambda size, tiny: bench_zero3_save.run(size),
     "memory": lambda size, tiny: bench_memory.run(size),
     "gpu": lambda size, tiny: bench_gpu.run(size),
+    "eval": lambda size, tiny: bench_eval.run(size, tiny),
 }
 
 

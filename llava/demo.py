@@ -15,8 +15,11 @@ import argparse
 import dataclasses
 import json
 import logging
+import os
 import time
 from pathlib import Path
+
+import torch
 
 from llava.launch import REPO_ROOT, launch_deepspeed
 
@@ -29,7 +32,7 @@ ZERO3_CONFIG = REPO_ROOT / "configs" / "zero3.json"
 TRAIN_SCRIPT = REPO_ROOT / "llava" / "train" / "train_mem.py"
 
 
-def training_flags(tiny, output_dir: Path, epochs: int) -> list[str]:
+def training_flags(tiny, output_dir: Path, epochs: int, save_steps: int = 100) -> list[str]:
     """LLaVA-1.5's LoRA recipe (scripts/v1_5/finetune_lora.sh) with the paths and sizes of the tiny model."""
     values = {
         "deepspeed": ZERO3_CONFIG,
@@ -50,9 +53,9 @@ def training_flags(tiny, output_dir: Path, epochs: int) -> list[str]:
         "num_train_epochs": epochs,
         "per_device_train_batch_size": 4,
         "gradient_accumulation_steps": 1,
-        "save_strategy": "steps", "save_steps": 20, "save_total_limit": 2,
+        "save_strategy": "steps", "save_steps": save_steps, "save_total_limit": 2,
         "learning_rate": 1e-2, "weight_decay": 0.0, "warmup_ratio": 0.03, "lr_scheduler_type": "cosine",
-        "logging_steps": 1,
+        "logging_steps": 1, "console_log_steps": 25,
         "model_max_length": 512,
         "dataloader_num_workers": 0,
         "report_to": "none",
@@ -112,40 +115,56 @@ def file_table(directory: Path) -> list[tuple[str, int]]:
     return [(str(p.relative_to(directory)), p.stat().st_size) for p in sorted(directory.rglob("*")) if p.is_file()]
 
 
-def save_loss_curve(log_history: list[dict], path: Path, width: int = 640, height: int = 360) -> Path:
-    """Draw the training loss per step as a PNG (PIL only: no plotting dependency)."""
-    from PIL import Image, ImageDraw
+def file_summary(files: list[tuple[str, int]]) -> list[str]:
+    """One line per file of the final output, one line per checkpoint folder (its file count and size)."""
+    lines, folders = [], {}
+    for name, size in files:
+        folder, _, rest = name.partition("/")
+        if rest:
+            count, total = folders.get(folder, (0, 0))
+            folders[folder] = (count + 1, total + size)
+        else:
+            lines.append(f"{size:>12,d}  {name}")
+    for folder, (count, total) in folders.items():
+        lines.append(f"{total:>12,d}  {folder}/  ({count} files: the same LLaVA files, plus what resuming needs)")
+    return lines
+
+
+def smoothed(values: list[float], weight: float = 0.9) -> list[float]:
+    """Exponential moving average with bias correction (what TensorBoard's smoothing slider shows)."""
+    average, out = 0.0, []
+    for step, value in enumerate(values, start=1):
+        average = weight * average + (1 - weight) * value
+        out.append(average / (1 - weight**step))
+    return out
+
+
+def save_loss_curve(log_history: list[dict], path: Path) -> Path:
+    """The training loss per step as a PNG: raw and smoothed, with labelled axes."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display needed
+    import matplotlib.pyplot as plt
 
     points = [(entry["step"], entry["loss"]) for entry in log_history if "loss" in entry]
     if not points:
         raise ValueError("the run logged no loss")
-    image = Image.new("RGB", (width, height), "white")
-    draw = ImageDraw.Draw(image)
-    left, top, right, bottom = 60, 30, width - 20, height - 40
-    draw.rectangle((left, top, right, bottom), outline="black")
-    steps = [step for step, _ in points]
-    losses = [loss for _, loss in points]
-    low, high = min(losses), max(losses)
-    span_x = max(max(steps) - min(steps), 1)
-    span_y = max(high - low, 1e-6)
-
-    def xy(step, loss):
-        return (
-            left + (step - min(steps)) / span_x * (right - left),
-            bottom - (loss - low) / span_y * (bottom - top),
-        )
-
-    draw.line([xy(step, loss) for step, loss in points], fill=(200, 30, 30), width=2)
-    draw.text((left, 8), "training loss per step", fill="black")
-    draw.text((4, top), f"{high:.2f}", fill="black")
-    draw.text((4, bottom - 10), f"{low:.2f}", fill="black")
-    draw.text((left, bottom + 8), f"step {min(steps)}", fill="black")
-    draw.text((right - 60, bottom + 8), f"step {max(steps)}", fill="black")
-    image.save(path)
+    steps, losses = zip(*points)
+    figure, axes = plt.subplots(figsize=(6.4, 3.6), dpi=100)
+    axes.plot(steps, losses, color="tab:red", alpha=0.35, linewidth=1, label="loss")
+    axes.plot(steps, smoothed(list(losses)), color="tab:red", linewidth=2, label="smoothed (EMA 0.9)")
+    axes.set_xlabel("step")
+    axes.set_ylabel("training loss")
+    axes.set_title("LoRA fine-tune of the tiny LLaVA (2-process ZeRO-3)")
+    axes.grid(alpha=0.3)
+    axes.legend()
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)
     return path
 
 
-def run(output_root: Path, epochs: int = 10, num_procs: int = 2) -> dict:
+def run(output_root: Path, epochs: int = 10, num_procs: int = 2, save_steps: int = 100) -> dict:
     """The whole demo; returns what it found (used by the test of the README's first command)."""
     from llava.tiny import build_all, build_dataset
 
@@ -159,7 +178,14 @@ def run(output_root: Path, epochs: int = 10, num_procs: int = 2) -> dict:
     run_dir = output_root / "llava-tiny-lora"
 
     print(f"[2/4] LoRA fine-tune: deepspeed --num_gpus {num_procs} llava/train/train_mem.py (ZeRO-3)", flush=True)
-    launch_deepspeed(TRAIN_SCRIPT, training_flags(tiny, run_dir, epochs), num_procs=num_procs, capture=False)
+    # The launcher's own INFO lines (its command lines, world info) repeat what this line says.
+    launch_deepspeed(
+        TRAIN_SCRIPT,
+        training_flags(tiny, run_dir, epochs, save_steps),
+        num_procs=num_procs,
+        capture=False,
+        launcher_args=["--log_level", "warning"],
+    )
     history = json.loads((run_dir / "trainer_state.json").read_text())["log_history"]
 
     print("[3/4] Loading the LoRA run with load_pretrained_model and asking about a demo image", flush=True)
@@ -174,8 +200,8 @@ def run(output_root: Path, epochs: int = 10, num_procs: int = 2) -> dict:
 
     print(f"[4/4] Files written to {run_dir}:", flush=True)
     files = file_table(run_dir)
-    for name, size in files:
-        print(f"      {size:>12,d}  {name}")
+    for line in file_summary(files):
+        print(f"      {line}")
     curve = save_loss_curve(history, output_root / "loss_curve.png")
     losses = [entry["loss"] for entry in history if "loss" in entry]
     print(f"      loss {losses[0]:.3f} -> {losses[-1]:.3f} over {len(losses)} steps; curve: {curve}")
@@ -190,6 +216,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--num-procs", type=int, default=2, help="DeepSpeed processes (CPU workers without a GPU)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if not torch.cuda.is_available():
+        # Saving the tiny models imports DeepSpeed here too; without this it announces the CPU fallback itself.
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
     run(args.output_dir.resolve(), epochs=args.epochs, num_procs=args.num_procs)
 
 

@@ -137,3 +137,4 @@ def generation_options(
     else:
         options["do_sample"] = False
     return options
+

@@ -73,14 +73,18 @@ def launch_deepspeed(
     env: Mapping[str, str] | None = None,
     extra_pythonpath: Sequence[str | os.PathLike[str]] = (),
     capture: bool = True,
+    launcher_args: Sequence[str] = (),
 ) -> subprocess.CompletedProcess[str]:
     """Run `deepspeed --num_gpus <num_procs> --master_port <free> <script> <args>` from the repository root.
 
     With `capture`, stdout and stderr come back as text; otherwise they go to this process's terminal (progress
-    bars stay live). Raises `LaunchError` when the job exits non-zero or runs past `timeout_s`.
+    bars stay live). `launcher_args` go to the launcher itself (e.g. `--log_level warning`). Raises `LaunchError` when
+    the job exits non-zero or runs past `timeout_s`.
     """
     port = free_port()
-    command = [*deepspeed_command(), "--num_gpus", str(num_procs), "--master_port", str(port), str(script), *args]
+    command = [
+        *deepspeed_command(), *launcher_args, "--num_gpus", str(num_procs), "--master_port", str(port), str(script), *args
+    ]
     child_env = launch_env(extra_pythonpath)
     if env:
         child_env.update(env)

@@ -22,6 +22,7 @@ from transformers.image_utils import PILImageResampling
 from transformers.utils import is_torchvision_available
 
 from llava.constants import DEFAULT_IMAGE_TOKEN, IMAGE_TOKEN_INDEX
+from llava.tokenization import encode
 from llava.utils import one_torch_thread
 
 Resolution = tuple[int, int]  # (width, height)
@@ -298,9 +299,10 @@ def tokenizer_image_token(prompt: str, tokenizer, image_token_index: int = IMAGE
     """Token ids of ``prompt`` with ``image_token_index`` wherever ``<image>`` stood.
 
     Each ``<image>``-separated chunk is tokenised on its own (all chunks in one batched call), as upstream does: the
-    first chunk keeps its BOS, later chunks lose theirs when the first chunk starts with BOS.
+    first chunk keeps its BOS, later chunks lose theirs when the first chunk starts with BOS. Ids are those of
+    upstream's slow tokenizer (a chunk starting with a space gets its extra "▁": see ``llava.tokenization``).
     """
-    chunks = tokenizer(prompt.split(DEFAULT_IMAGE_TOKEN)).input_ids
+    chunks = encode(tokenizer, prompt.split(DEFAULT_IMAGE_TOKEN)).ids
     keeps_bos = bool(chunks[0]) and chunks[0][0] == tokenizer.bos_token_id
     skip = 1 if keeps_bos else 0
     input_ids = list(chunks[0])

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import platform
+import re
 from collections.abc import Iterator
 
 
@@ -42,6 +44,21 @@ def one_torch_thread() -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(threads)
+
+
+class _MessageFilter(logging.Filter):
+    def __init__(self, pattern: str) -> None:
+        super().__init__()
+        self.pattern = re.compile(pattern)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not self.pattern.search(record.getMessage())
+
+
+def ignore_log_messages(logger_name: str, pattern: str) -> None:
+    """Drop, for the rest of the process, the records of logger ``logger_name`` whose message matches ``pattern`` (one
+    known, expected message; everything else that logger says still shows)."""
+    logging.getLogger(logger_name).addFilter(_MessageFilter(pattern))
 
 
 def cpu_description() -> tuple[str, frozenset[str]]:

@@ -17,7 +17,9 @@ from pathlib import Path
 import torch
 
 from llava.mm_utils import get_model_name_from_path
+from llava.model import compat
 from llava.model.builder import load_pretrained_model
+from llava.model.state_files import nonfinite_tensors
 
 logger = logging.getLogger("merge_lora_weights")
 
@@ -34,8 +36,16 @@ def merge_lora(args: argparse.Namespace) -> Path:
     model.to(DTYPES[args.dtype])
     model.config.dtype = DTYPES[args.dtype]
     state_dict = _without_vision_tower(model)
+    overflowed = nonfinite_tensors(state_dict)  # the loader refused non-finite inputs: only the cast can cause them
+    if overflowed:
+        raise ValueError(
+            f"the merged weights {', '.join(overflowed[:5])} exceed the range of {args.dtype} (inf after the cast); "
+            "nothing was saved. Pass --dtype bfloat16 or --dtype float32"
+        )
     model.save_pretrained(save_dir, state_dict=state_dict)
-    tokenizer.save_pretrained(save_dir)
+    # Also readable by upstream's stack (transformers 4.37): its config names and the slow tokenizer's files.
+    compat.config_for_transformers4(save_dir)
+    compat.save_tokenizer(tokenizer, save_dir)
     logger.info("merged model saved to %s (%s)", save_dir, args.dtype)
     return save_dir
 

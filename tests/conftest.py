@@ -69,3 +69,31 @@ def tiny_image_processor(tiny):
     from transformers import CLIPImageProcessorPil
 
     return CLIPImageProcessorPil.from_pretrained(tiny.vision_tower)
+
+
+@pytest.fixture(scope="session")
+def upstream():
+    """Upstream LLaVA's own code in its pinned stack (a separate venv, built on first use; see upstream_env.py)."""
+    import upstream_env
+
+    return upstream_env.ensure()
+
+
+@pytest.fixture(scope="session")
+def hub_cache(tiny, tmp_path_factory):
+    """HF_HOME of an offline Hugging Face cache holding the tiny models under the released repo ids
+    (`liuhaotian/llava-v1.5-7b`, `lmsys/vicuna-7b-v1.5`, `openai/clip-vit-large-patch14-336`, ...)."""
+    from llava.tiny import build_hub_cache
+
+    hf_home = tmp_path_factory.mktemp("hf_home")
+    build_hub_cache(hf_home, tiny)
+    return hf_home
+
+
+@pytest.fixture
+def hub(hub_cache, monkeypatch):
+    """This process (and the subprocesses it starts) reads `hub_cache`, offline; returns its HF_HOME."""
+    from hub_cache import use_hub_cache
+
+    use_hub_cache(monkeypatch, hub_cache)
+    return hub_cache

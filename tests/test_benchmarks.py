@@ -22,6 +22,7 @@ EXPECTED = (
     "ZeRO-3 gather + write",
     "peak memory",
     "GPU",
+    "eval answers/s, batch 8 vs 1",
 )
 
 pytestmark = [pytest.mark.slow, pytest.mark.bench]
@@ -36,7 +37,9 @@ def test_every_benchmark_runs_at_tiny_size():
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout)
     assert report["size"] == "tiny" and "cores" in report["machine"]
-    assert set(report["seconds"]) == {"data", "image", "splice", "step", "packing", "zero3_save", "memory", "gpu"}
+    assert set(report["seconds"]) == {
+        "data", "image", "splice", "step", "packing", "zero3_save", "memory", "gpu", "eval",
+    }  # fmt: skip
     names = [row["name"] for row in report["rows"]]
     for prefix in EXPECTED:
         assert any(prefix in name for name in names), prefix

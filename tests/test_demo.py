@@ -1,4 +1,4 @@
-"""The README's first command: `make demo` runs `python -m llava.demo` - here at a smaller size, end to end."""
+"""The README's first command: `make demo` runs `python -m llava.demo` - here as it is, end to end, twice."""
 
 from __future__ import annotations
 
@@ -6,24 +6,60 @@ import pytest
 from PIL import Image
 
 from llava import demo
+from llava.tiny import COLORS
 from train_helpers import LORA_FILES
 
 pytestmark = [pytest.mark.slow, pytest.mark.dist]
 
+EPOCHS = 10  # `make demo`'s default: fewer epochs do not teach the tiny model colours yet
+SAVE_STEPS = 100
 
-def test_demo_trains_under_zero3_loads_answers_and_plots(tmp_path, capsys):
-    result = demo.run(tmp_path, epochs=1)
-    out = capsys.readouterr().out
+
+@pytest.fixture(scope="module")
+def two_runs(tmp_path_factory):
+    """The demo run twice with the same seed, each in a fresh folder: (result, printed output) per run."""
+    runs = []
+    for index in range(2):
+        output_root = tmp_path_factory.mktemp(f"demo{index}")
+        runs.append((demo.run(output_root, epochs=EPOCHS, save_steps=SAVE_STEPS), output_root))
+    return runs
+
+
+def test_demo_trains_under_zero3_loads_answers_and_plots(two_runs, capsys):
+    result, _ = two_runs[0]
     run_dir = result["run_dir"]
-    # The LoRA output set, at the top and in the checkpoint DeepSpeed wrote at step 20 of 30.
+    # The LoRA output set, at the top and in every checkpoint DeepSpeed wrote (save_total_limit 2 keeps the last two).
     assert LORA_FILES <= set(result["files"])
-    assert {f"checkpoint-20/{name}" for name in LORA_FILES} <= set(result["files"])
-    assert "checkpoint-20/global_step20/zero_pp_rank_1_mp_rank_00_optim_states.pt" in result["files"]
-    assert len(result["losses"]) == 240 // 8 and result["losses"][-1] < result["losses"][0]
-    assert result["answer"] and f"ASSISTANT: {result['answer']}" in out
-    assert 0 <= result["colors_right"] <= 8 and "unseen squares" in out
-    for name, size in result["files"].items():
-        assert f"{size:>12,d}  {name}" in out
+    for checkpoint in ("checkpoint-200", "checkpoint-300"):
+        assert {f"{checkpoint}/{name}" for name in LORA_FILES} <= set(result["files"])
+        assert f"{checkpoint}/global_step{checkpoint.split('-')[1]}/zero_pp_rank_1_mp_rank_00_optim_states.pt" in result[
+            "files"
+        ]
+    assert not any(name.startswith("checkpoint-100/") for name in result["files"])
+    assert len(result["losses"]) == EPOCHS * 240 // 8
+    assert sum(result["losses"][-20:]) / 20 < sum(result["losses"][:20]) / 20 / 3
+    assert (run_dir / "adapter_model.bin").stat().st_size == result["files"]["adapter_model.bin"]
     with Image.open(result["curve"]) as curve:
         assert curve.size == (640, 360) and curve.format == "PNG"
-    assert (run_dir / "adapter_model.bin").stat().st_size == result["files"]["adapter_model.bin"]
+
+
+def test_demo_learned_colours_it_never_saw(two_runs):
+    """More unseen squares named with their colour than chance (1 in 8) would give."""
+    result, _ = two_runs[0]
+    assert result["colors_right"] >= 2, result["colors_right"]
+    assert result["colors_right"] <= len(COLORS)
+
+
+def test_demo_repeats_exactly(two_runs):
+    (first, _), (second, _) = two_runs
+    assert first["losses"] == second["losses"]
+    assert (first["answer"], first["colors_right"]) == (second["answer"], second["colors_right"])
+
+
+def test_demo_output_is_short(tmp_path, capsys):
+    """The printed summary: one line per output file and per checkpoint, not one per checkpoint file."""
+    files = [("adapter_model.bin", 10), ("checkpoint-2/adapter_model.bin", 10), ("checkpoint-2/global_step2/x.pt", 5)]
+    assert demo.file_summary(files) == [
+        "          10  adapter_model.bin",
+        "          15  checkpoint-2/  (2 files: the same LLaVA files, plus what resuming needs)",
+    ]

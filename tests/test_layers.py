@@ -12,7 +12,7 @@ PACKAGE_ROOT = Path(__file__).resolve().parents[1] / "llava"
 
 # Bottom to top. A unit may import units of lower layers only (and itself).
 LAYERS: list[tuple[str, ...]] = [
-    ("llava.constants", "llava.utils"),
+    ("llava.constants", "llava.utils", "llava.tokenization"),
     ("llava.mm_utils", "llava.distributed"),
     ("llava.conversation",),
     ("llava.model", "llava.data"),

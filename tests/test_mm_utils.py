@@ -21,13 +21,17 @@ from llava.mm_utils import (
     select_best_resolution,
     tokenizer_image_token,
 )
+from llava.tokenization import encode
 
 LLAVA_16_PINPOINTS = [[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]]
 
 
 def _reference_ids(prompt, tokenizer):
-    """Upstream's algorithm written plainly: chunk by chunk, BOS kept once."""
-    chunks = [tokenizer(chunk).input_ids for chunk in prompt.split("<image>")]
+    """Upstream's algorithm written plainly: chunk by chunk (each alone, with the slow tokenizer's ids), BOS kept once.
+
+    The slow tokenizer's ids themselves are pinned in test_preprocess.py (SLOW_IDS) and test_upstream_labels.py.
+    """
+    chunks = [encode(tokenizer, [chunk]).ids[0] for chunk in prompt.split("<image>")]
     bos = 1 if chunks[0] and chunks[0][0] == tokenizer.bos_token_id else 0
     ids = list(chunks[0])
     for chunk in chunks[1:]:

@@ -320,5 +320,5 @@ def test_vision_tower_delay_load_and_errors(tiny):
     assert features.shape == (2, 16, 32)
     tower.select_feature = "cls_patch"
     assert tower(torch.zeros(1, 3, 32, 32)).shape == (1, 17, 32)
-    with pytest.raises(ValueError, match="not a directory"):
+    with pytest.raises(FileNotFoundError, match="'/nowhere/clip' does not exist: it is not a local directory"):
         build_vision_tower(types.SimpleNamespace(mm_vision_tower="/nowhere/clip", mm_vision_select_layer=-2))

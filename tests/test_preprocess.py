@@ -1,4 +1,8 @@
-"""Templating and label masking, checked against a re-implementation of upstream's algorithm (upstream_oracle)."""
+"""Templating and label masking: right labels, upstream's prompts, and the slow tokenizer's ids (issue 9, item 5).
+
+Identity with upstream's own preprocess (its code, its slow tokenizer, its stack) is checked in
+test_upstream_labels.py, through the reference environment; the cases here need nothing but our stack.
+"""
 
 from __future__ import annotations
 
@@ -9,8 +13,8 @@ import torch
 
 from llava.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
 from llava.conversation import SeparatorStyle, conv_templates, default_conversation
-from llava.train.arguments import DataArguments
 from llava.data.preprocess import (
+    conversation_turns,
     preprocess,
     preprocess_llama_2,
     preprocess_mpt,
@@ -18,10 +22,9 @@ from llava.data.preprocess import (
     preprocess_plain,
     preprocess_v1,
     render_segments,
-    conversation_turns,
 )
-
-from upstream_oracle import oracle, upstream_prompt
+from llava.mm_utils import tokenizer_image_token
+from llava.train.arguments import DataArguments
 
 TEMPLATES = [
     "v1", "vicuna_v1", "llava_v1", "v1_mmtag", "llama_2", "llava_llama_2", "mistral_instruct",
@@ -130,68 +133,39 @@ def template_markers(conv) -> list[str]:
     return []
 
 
-def check_against_upstream(source, tokenizer, template, has_image) -> bool:
-    """Identical to upstream where it keeps the sample, right labels where it drops it. Returns 'compared'.
-
-    A message that contains a role header or separator can also land upstream's count on the right total with
-    the wrong tokens supervised (a question ending in "ASSISTANT:" makes it supervise the real "ASSISTANT:" header):
-    for those only rightness is checked.
-    """
-    conv = conv_templates[template]
-    reference = oracle(source, tokenizer, conv, has_image)
-    ids, labels = run(source, tokenizer, template, has_image)
-    assert ids == reference.input_ids
-    if reference.mismatch or any(marker in turn["value"] for turn in source for marker in template_markers(conv)):
-        assert_right_labels(source, tokenizer, template, has_image)
-        return False
-    assert labels == reference.labels
-    return True
+def upstream_prompt(source: list[dict], template: str) -> str:
+    """The prompt upstream's preprocess_v1 / llama_2 / mpt build: Conversation.get_prompt() (a leading gpt turn dropped)."""
+    conv = conv_templates[template].copy()
+    turns = conversation_turns(source)
+    conv.messages = []
+    for turn in turns:
+        conv.append_message(conv.roles[0] if turn.from_human else conv.roles[1], turn.value)
+    return conv.get_prompt()
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Identical to upstream on well-formed conversations
+# Right labels and upstream's prompt for every template
 
 
 @pytest.mark.parametrize("rounds", [1, 2, 3, 4, 5])
 @pytest.mark.parametrize("has_image", [True, False], ids=["image", "text"])
-@pytest.mark.parametrize("template", TEMPLATES)
-def test_matches_upstream_for_every_template(tok, variants, template, has_image, rounds):
-    if template == "plain" and (rounds > 1 or not has_image):
-        pytest.skip("plain is one image + one caption")
+@pytest.mark.parametrize("template", [t for t in TEMPLATES if t not in ("plain", "llava_v0", "v0_mmtag", "v0")])
+def test_every_template_supervises_the_replies_of_upstreams_prompt(tok, variants, template, has_image, rounds):
     # ChatML models have <|im_start|>/<|im_end|> as special tokens; without them a token can straddle a boundary.
     tokenizer = variants["chatml"] if template in ALWAYS_MISMATCH else tok
-    source = conversation(rounds, image=has_image)
-    compared = check_against_upstream(source, tokenizer, template, has_image)
-    assert compared == (template not in ALWAYS_MISMATCH)
-    if template not in ("plain", "llava_v0", "v0_mmtag", "v0"):
-        segments = render_segments(conversation_turns(source), conv_templates[template])
-        assert "".join(text for text, _ in segments) == upstream_prompt(source, conv_templates[template])
-
-
-@pytest.mark.parametrize("template", ["vicuna_v1", "llava_llama_2", "mistral_instruct", "llava_v0"])
-def test_leading_gpt_turn_is_handled_as_upstream(tok, template):
-    source = conversation(2, image=True, leading_gpt=True)
-    assert check_against_upstream(source, tok, template, has_image=True)
+    source = conversation(rounds, image=has_image, leading_gpt=rounds == 2)
+    assert_right_labels(source, tokenizer, template, has_image)
+    segments = render_segments(conversation_turns(source), conv_templates[template])
+    assert "".join(text for text, _ in segments) == upstream_prompt(source, template)
 
 
 @pytest.mark.parametrize("variant", ["legacy", "no_bos", "chatml"])
-@pytest.mark.parametrize("template", ["vicuna_v1", "llava_llama_2", "mistral_instruct", "llava_v0", "plain"])
+@pytest.mark.parametrize("template", ["vicuna_v1", "llava_llama_2", "mistral_instruct", "chatml_direct"])
 @pytest.mark.parametrize("has_image", [True, False], ids=["image", "text"])
-def test_matches_upstream_with_tokenizer_variants(variants, variant, template, has_image):
-    if template == "plain" and not has_image:
-        pytest.skip("plain needs an image")
-    tokenizer = variants[variant]
-    rounds = 1 if template == "plain" else 1 if variant == "no_bos" else 3  # without BOS upstream counts 1 round right
-    assert check_against_upstream(conversation(rounds, image=has_image), tokenizer, template, has_image)
-
-
-def test_chatml_with_special_tokens_supervises_reply_and_im_end(variants):
-    tokenizer = variants["chatml"]
-    for template in ("mpt", "chatml_direct"):
-        for has_image in (True, False):
-            source = conversation(3, image=has_image)
-            assert oracle(source, tokenizer, conv_templates[template], has_image).mismatch
-            assert_right_labels(source, tokenizer, template, has_image)
+def test_tokenizer_variants_supervise_the_replies(variants, variant, template, has_image):
+    if template == "chatml_direct" and variant != "chatml":
+        pytest.skip("ChatML needs its special tokens")
+    assert_right_labels(conversation(3, image=has_image), variants[variant], template, has_image)
 
 
 # Words that exercise the tokenizer: punctuation, digits, byte-fallback unicode, newlines, role-like words.
@@ -226,23 +200,20 @@ def random_conversation(rng: random.Random, template: str, has_image: bool) -> l
     return turns
 
 
-@pytest.mark.parametrize("seed", range(8))
-def test_random_conversations_match_upstream(tok, variants, seed):
+@pytest.mark.parametrize("seed", range(4))
+def test_random_conversations_supervise_the_replies(tok, variants, seed):
     rng = random.Random(seed)
-    compared = total = 0
     for _ in range(100):
-        template = rng.choice(TEMPLATES)
-        has_image = template == "plain" or rng.random() < 0.6
+        template = rng.choice([t for t in TEMPLATES if t not in ("plain", "llava_v0", "v0_mmtag", "v0")])
+        has_image = rng.random() < 0.6
         tokenizer = variants["chatml"] if template in ALWAYS_MISMATCH else tok
         source = random_conversation(rng, template, has_image)
-        conv = conv_templates[template]
         if has_image:
             args = DataArguments(is_multimodal=True)
-            source = preprocess_multimodal([source], args, mm_use_im_start_end=rng.random() < 0.3, conv=conv)[0]
-        compared += check_against_upstream(source, tokenizer, template, has_image)
-        total += template not in ALWAYS_MISMATCH
-    # The comparison must really happen: upstream keeps most random conversations.
-    assert compared >= 0.8 * total
+            source = preprocess_multimodal([source], args, conv=conv_templates[template])[0]
+        if any(marker in turn["value"] for turn in source for marker in template_markers(conv_templates[template])):
+            continue  # a separator inside a message is supervised as text: decoding cannot tell them apart
+        assert_right_labels(source, tokenizer, template, has_image)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -272,45 +243,18 @@ DROPPED = {
 @pytest.mark.parametrize("template", [V1, *LLAMA, "chatml_direct"])
 @pytest.mark.parametrize("has_image", [True, False], ids=["image", "text"])
 def test_cases_upstream_drops_are_masked_right(tok, variants, template, case, has_image):
-    source, kept_by = DROPPED[case]
-    if template == "chatml_direct" and case == "empty last reply":
-        pytest.skip("upstream keeps this one with labels shifted by a token: see test_mpt_upstream_shift_is_not_copied")
+    """Upstream trains on nothing for these (test_upstream_labels.py shows which); here the replies are supervised."""
+    source, _ = DROPPED[case]
     if not has_image:
         source = [{**turn, "value": turn["value"].replace("<image>\n", "")} for turn in source]
     tokenizer = variants["chatml"] if template == "chatml_direct" else tok
-    reference = oracle(source, tokenizer, conv_templates[template], has_image)
-    assert reference.mismatch == (template not in kept_by)
-    if reference.mismatch:
-        # Upstream trains on nothing for this sample; here the replies are supervised.
-        assert set(reference.labels) == {IGNORE_INDEX}
-        assert_right_labels(source, tokenizer, template, has_image)
+    ids, labels = run(source, tokenizer, template, has_image)
+    if any(marker in turn["value"] for turn in source for marker in template_markers(conv_templates[template])):
+        # A separator inside a message is supervised as the text it is: the runs are the replies, markers included.
+        texts = ["".join(tokenizer.decode(run).split()) for run in supervised_runs(labels)]
+        assert "".join(texts) == "".join("".join(text.split()) for text in expected_reply_texts(source, template))
     else:
-        assert check_against_upstream(source, tokenizer, template, has_image)
-    # The prompt is upstream's in every case: only the labels differ.
-    assert run(source, tokenizer, template, has_image)[0] == reference.input_ids
-
-
-def test_mpt_upstream_shift_is_not_copied(variants):
-    """The one deliberate difference from upstream on a sample it keeps.
-
-    Upstream's preprocess_mpt counts one token too few in the first round when the tokenizer adds BOS. That is a
-    "mismatch" for every conversation ending with a reply, but when the last reply is empty the final round has one
-    token too many and the two cancel: upstream keeps the sample with every label shifted one token left, so it
-    trains the newline of "<|im_start|>assistant\n" and never "<|im_end|>". Here the reply and "<|im_end|>" are
-    supervised, as for every other conversation.
-    """
-    tokenizer = variants["chatml"]
-    source, _ = DROPPED["empty last reply"]
-    reference = oracle(source, tokenizer, conv_templates["chatml_direct"], True)
-    assert not reference.mismatch
-    im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
-    newline = tokenizer.convert_tokens_to_ids("<0x0A>")
-    upstream_runs = supervised_runs(reference.labels)
-    assert [run[0] for run in upstream_runs] == [newline, newline] and im_end not in reference.labels
-    assert_right_labels(source, tokenizer, "chatml_direct", has_image=True)
-    ids, labels = run(source, tokenizer, "chatml_direct", has_image=True)
-    assert ids == reference.input_ids
-    assert [tokenizer.decode(run) for run in supervised_runs(labels)] == ["A square.<|im_end|>"]
+        assert_right_labels(source, tokenizer, template, has_image)
 
 
 @pytest.mark.parametrize("template", ["vicuna_v1", "llava_llama_2", "chatml_direct"])
@@ -329,8 +273,6 @@ def test_empty_reply_trains_nothing(tok, variants, template):
 def test_hash_format_keeps_upstreams_quirks(tok):
     source = _turns("What is it?", "A square.")
     ids, labels = run(source, tok, "llava_v0", has_image=False)
-    reference = oracle(source, tok, conv_templates["llava_v0"], False)
-    assert (ids, labels) == (reference.input_ids, reference.labels)
     # Upstream leaves the first two tokens of the human turn supervised; each turn is counted with its own BOS, so
     # the cursor drifts one token per turn: the assistant's "###" is masked, "Assistant: " and the final "### " are
     # supervised.
@@ -368,11 +310,11 @@ def test_style_functions_are_the_dispatch_targets(tok, function, template):
 def test_return_types_match_upstream(tok):
     two = conversation(2, image=True)
     batched = preprocess([two, two], tok, has_image=True, conv=conv_templates["vicuna_v1"])
-    width = len(oracle(two, tok, default_conversation, True).input_ids)
+    width = len(tokenizer_image_token(upstream_prompt(two, "vicuna_v1"), tok))
     assert batched["input_ids"].shape == batched["labels"].shape == (2, width)
     sources = [conversation(1, image=False), conversation(3, image=False)]
     text = preprocess(sources, tok, conv=conv_templates["vicuna_v1"])
-    short = len(oracle(conversation(1, image=False), tok, default_conversation).input_ids)
+    short = len(tok(upstream_prompt(conversation(1, image=False), "vicuna_v1")).input_ids)
     assert text["input_ids"].dtype == torch.long and text["input_ids"].ndim == 2
     assert text["input_ids"][0, short:].eq(tok.pad_token_id).all()
     assert text["labels"][0, short:].eq(IGNORE_INDEX).all()
@@ -388,9 +330,8 @@ def test_text_prompts_are_truncated_like_upstream(tiny, template):
     source = conversation(3, image=False)
     ids, labels = run(source, tokenizer, template, has_image=False)
     assert len(ids) == len(labels) == 40
-    reference = oracle(source, tokenizer, conv_templates[template], False)
-    assert not reference.mismatch
-    assert (ids, labels) == (reference.input_ids, reference.labels)
+    full_ids, full_labels = run(source, _load(tiny.llm), template, has_image=False)
+    assert (ids, labels) == (full_ids[:40], full_labels[:40])
 
 
 def test_plain_masks_the_image_and_supervises_caption_and_newline(tok):
@@ -485,3 +426,56 @@ def test_tokenizer_offsets_behave_as_relied_on(tok):
     ]
     alone = tok("\nX", return_offsets_mapping=True)
     assert tok.convert_ids_to_tokens(alone["input_ids"])[1] == "▁" and alone["offset_mapping"][1] == (0, 1)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Upstream's slow tokenizer's ids (issue 9, item 5), exact; test_upstream_labels.py checks the same cases against
+# upstream's own preprocess. legacy false: every input gets a "▁" prefix, so text starting with a space gets an
+# extra "▁"; legacy true: every piece between special tokens gets one (" it" after "</s>" is "▁", "▁it").
+
+SLOW_IDS = [
+    # (legacy, prompt, ids of transformers 4.37's LlamaTokenizer(use_fast=False) through tokenizer_image_token)
+    (False, "<image> A red square.\n", [1, -200, 950, 291, 575, 482, 977, 13]),
+    (True, "<image> A red square.\n", [1, -200, 950, 291, 575, 482, 977, 13]),
+    (False, "<image> \n", [1, -200, 950, 950, 13]),
+    (True, "<image> \n", [1, -200, 950, 950, 13]),
+    (False, "USER: Look at <image> this. ASSISTANT:", [1, 950, 317, 976, 879, 358, 714, 950, -200, 950, 582, 977, 320, 976]),
+    (True, "USER: Look at <image> this. ASSISTANT:", [1, 950, 317, 976, 879, 358, 714, 950, -200, 950, 582, 977, 320, 976]),
+    (False, "A square.</s> it is red.</s>", [1, 291, 482, 977, 2, 385, 450, 575, 977, 2]),
+    (True, "A square.</s> it is red.</s>", [1, 291, 482, 977, 2, 950, 385, 450, 575, 977, 2]),
+    (False, "USER: Hi ASSISTANT: Red.</s> it.</s>USER: Ok",
+     [1, 950, 317, 976, 451, 957, 320, 976, 881, 343, 977, 2, 385, 977, 2, 317, 976, 641, 975]),
+    (True, "USER: Hi ASSISTANT: Red.</s> it.</s>USER: Ok",
+     [1, 950, 317, 976, 451, 957, 320, 976, 881, 343, 977, 2, 950, 385, 977, 2, 950, 317, 976, 641, 975]),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("legacy, prompt, expected", SLOW_IDS, ids=[f"legacy={flag}-{text!r}" for flag, text, _ in SLOW_IDS])
+def test_tokenizer_image_token_gives_the_slow_tokenizers_ids(tiny, legacy, prompt, expected):
+    tokenizer = _load(tiny.llm, legacy=legacy)
+    assert tokenizer_image_token(prompt, tokenizer) == expected
+
+
+@pytest.mark.parametrize("legacy", [False, True])
+def test_plain_caption_starting_with_a_space_keeps_the_slow_tokenizers_extra_piece(tiny, legacy):
+    tokenizer = _load(tiny.llm, legacy=legacy)
+    for caption, ids in ((" A red square.", [1, -200, 950, 291, 575, 482, 977, 13]), (" ", [1, -200, 950, 950, 13])):
+        source = [{"from": "human", "value": "<image>"}, {"from": "gpt", "value": caption}]
+        result = preprocess([source], tokenizer, has_image=True, conv=conv_templates["plain"])
+        assert result["input_ids"][0].tolist() == ids
+        # As upstream: only BOS and the image are masked; the extra "▁" belongs to the caption.
+        assert result["labels"][0].tolist() == [IGNORE_INDEX, IGNORE_INDEX, *ids[2:]]
+
+
+@pytest.mark.parametrize("legacy", [False, True])
+def test_eos_then_space_inside_a_reply_is_tokenised_as_the_slow_tokenizer(tiny, legacy):
+    tokenizer = _load(tiny.llm, legacy=legacy)
+    source = _turns("Hi", "Red.</s> it.", "Ok", "Ok.")
+    ids, labels = run(source, tokenizer, "vicuna_v1", has_image=False)
+    eos = tokenizer.eos_token_id
+    first = ids.index(eos)
+    after = [950, 385, 977, eos] if legacy else [385, 977, eos]  # "▁", "▁it", ".", "</s>" / "▁it", ".", "</s>"
+    assert ids[first + 1 : first + 1 + len(after)] == after
+    assert labels[first + 1 : first + 1 + len(after)] == after  # all inside the reply: supervised
+    # The next turn's "USER" follows "</s>": legacy true prefixes it with "▁" (950), legacy false does not.
+    assert ids[first + 1 + len(after)] == (950 if legacy else 317)

@@ -143,6 +143,7 @@ import llava.distributed.hygiene as hygiene
 def refuse(*args, **kwargs):
     raise AssertionError("parsing scanned /proc")
 
+scanners = (hygiene._open_files, hygiene._mapped_files)
 hygiene._open_files = hygiene._mapped_files = refuse
 from llava.train.arguments import parse_args
 
@@ -154,7 +155,7 @@ after_parse = {
     "accelerate_state": bool(PartialState._shared_state),
     "zero3": is_deepspeed_zero3_enabled(),
 }
-del hygiene._open_files, hygiene._mapped_files
+hygiene._open_files, hygiene._mapped_files = scanners
 training_args.setup_distributed()
 after_setup = {
     "process_group": torch.distributed.is_initialized(),

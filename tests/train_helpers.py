@@ -18,7 +18,8 @@ NUM_LAYERS = 2
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 PROJECTOR_KEYS = ("mm_projector.0.weight", "mm_projector.0.bias", "mm_projector.2.weight", "mm_projector.2.bias")
 
-TOKENIZER_FILES = {"tokenizer.json", "tokenizer_config.json"}
+# tokenizer.model (sentencepiece): what upstream's slow tokenizer (transformers 4.37, use_fast=False) reads.
+TOKENIZER_FILES = {"tokenizer.json", "tokenizer_config.json", "tokenizer.model"}
 LORA_FILES = {
     "README.md",  # PEFT's model card
     "adapter_config.json",

@@ -310,9 +310,21 @@ def packing_attention_cost(hidden_size: int, attn_implementation: str | None) ->
     return 1.0 / (6 * hidden_size)
 
 
-def make_supervised_data_module(tokenizer, data_args, *, packing: dict | None = None, **dataset_kwargs) -> dict:
-    """Dataset and collator for supervised fine-tuning; ``dataset_kwargs`` go to :class:`LazySupervisedDataset`;
-    ``packing`` (``image_feature_length``, ``attention_cost``) turns the collator's packing on."""
+def make_supervised_data_module(
+    tokenizer, data_args, eval_records: list[dict] | None = None, *, packing: dict | None = None, **dataset_kwargs
+) -> dict:
+    """Datasets and collator for supervised fine-tuning; ``dataset_kwargs`` go to :class:`LazySupervisedDataset`.
+
+    ``eval_records`` (already checked; from ``--eval_data_path`` or held out of ``--data_path``) become the
+    evaluation dataset; without them there is none, as upstream. ``packing`` (``image_feature_length``,
+    ``attention_cost``) turns the collator's packing on (``--packing``).
+    """
     train_dataset = LazySupervisedDataset(data_args.data_path, tokenizer, data_args, **dataset_kwargs)
+    eval_dataset = None
+    if eval_records is not None:
+        source = getattr(data_args, "eval_data_path", None) or data_args.data_path
+        eval_dataset = LazySupervisedDataset(
+            source, tokenizer, data_args, **{**dataset_kwargs, "records": eval_records}
+        )
     collator = DataCollatorForSupervisedDataset(tokenizer=tokenizer, packing=packing is not None, **(packing or {}))
-    return dict(train_dataset=train_dataset, eval_dataset=None, data_collator=collator)
+    return dict(train_dataset=train_dataset, eval_dataset=eval_dataset, data_collator=collator)

@@ -52,6 +52,7 @@ from llava.constants import (
     IMAGE_TOKEN_INDEX,
 )
 from llava.conversation import Conversation, SeparatorStyle
+from llava.tokenization import encode
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase as Tokenizer
@@ -277,20 +278,18 @@ class _Chunk(NamedTuple):
 def _tokenize(texts: Sequence[str], tokenizer: Tokenizer, *, has_image: bool) -> list[list[_Chunk]]:
     """Tokenise each text as upstream does, keeping character offsets; ONE tokenizer call for all of them.
 
-    Text-only prompts: ``tokenizer(text, max_length=model_max_length, truncation=True)``, one chunk each. Image
+    Ids are those of upstream's slow sentencepiece tokenizer (see ``llava.tokenization``). Text-only prompts:
+    ``tokenizer(text, max_length=model_max_length, truncation=True)``, one chunk each. Image
     prompts are split at ``<image>`` and cut like upstream's ``tokenizer_image_token``: every chunk tokenised alone,
     the first chunk kept whole, the others without their first token (their own BOS) when the first chunk starts
     with BOS; ``IMAGE_TOKEN_INDEX`` goes between consecutive chunks (see :func:`_ids`).
     """
     if not has_image:
-        encoded = tokenizer(
-            list(texts), max_length=tokenizer.model_max_length, truncation=True, return_offsets_mapping=True
-        )
-        return [[_Chunk(ids, offsets, 0)] for ids, offsets in zip(encoded["input_ids"], encoded["offset_mapping"])]
+        encoded = encode(tokenizer, texts, offsets=True, max_length=tokenizer.model_max_length)
+        return [[_Chunk(ids, offsets, 0)] for ids, offsets in zip(encoded.ids, encoded.offsets)]
 
     split = [text.split(DEFAULT_IMAGE_TOKEN) for text in texts]
-    encoded = tokenizer([piece for pieces in split for piece in pieces], return_offsets_mapping=True)
-    all_ids, all_offsets = encoded["input_ids"], encoded["offset_mapping"]
+    all_ids, all_offsets = encode(tokenizer, [piece for pieces in split for piece in pieces], offsets=True)
     bos = tokenizer.bos_token_id
     result, flat_index = [], 0
     for pieces in split:

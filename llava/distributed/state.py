@@ -18,6 +18,7 @@ import copy
 import logging
 import os
 import socket
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
@@ -99,6 +100,16 @@ def init_distributed_state(deepspeed_config: str | Mapping[str, Any] | None) -> 
         state.num_processes,
     )
     return copy.deepcopy(CPU_TRAINING_ARGS)
+
+
+def silence_deepspeed_deprecations() -> None:
+    """DeepSpeed 0.19's ZeRO-3 calls `torch.distributed.all_gather_into_tensor` and `reduce_scatter_tensor`, which
+    torch 2.13 deprecates with a FutureWarning from every rank at every gather; nothing a user can act on."""
+    warnings.filterwarnings(
+        "ignore",
+        message=r"`torch\.distributed\.(all_gather_into_tensor|reduce_scatter_tensor)` is deprecated",
+        category=FutureWarning,
+    )
 
 
 def _release_shm_segments(rank: int) -> None:

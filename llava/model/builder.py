@@ -14,6 +14,11 @@ full LLaVA            ``config.json`` with ``model_type`` ``llava*`` or an ``mm_
 language model        any other ``config.json`` with weights
 ====================  =========================================================================================
 
+``model_path`` and ``model_base`` are local directories or hub ids (``liuhaotian/llava-v1.5-7b``,
+``lmsys/vicuna-7b-v1.5``), resolved through the HF cache by :mod:`llava.model.hub` before the kind is decided.
+The releases' ``"model_type": "llava"`` configs are read as this package's ``LlavaConfig``
+(:func:`llava.model.language_model.llava_llama.load_checkpoint_config`).
+
 ``model_name`` is still accepted (upstream passes ``get_model_name_from_path(model_path)``) but decides nothing.
 """
 
@@ -32,7 +37,6 @@ from typing import Any
 import torch
 
 from llava.model.attention import select_attn_implementation
-from llava.model.llava_arch import add_image_tokens
 from llava.model.files import (
     ADAPTER_CONFIG_FILE,
     ADAPTER_WEIGHT_FILES,
@@ -43,8 +47,11 @@ from llava.model.files import (
     PROJECTOR_FILE,
     TOKENIZER_CONFIG_FILE,
 )
+from llava.model.hub import resolve_model_dir
+from llava.model.language_model.llava_llama import is_llava_config, load_checkpoint_config
+from llava.model.llava_arch import add_image_tokens
 from llava.model.quantization import bnb_config
-from llava.model.state_files import load_state_file
+from llava.model.state_files import load_state_file, nonfinite_tensors
 from llava.utils import quiet_transformers
 
 logger = logging.getLogger(__name__)
@@ -88,7 +95,7 @@ def detect_checkpoint_kind(model_path: str | PathLike[str]) -> CheckpointKind:
     if not path.is_dir():
         raise FileNotFoundError(
             f"model path {path} is not a directory; pass the output_dir of a training run, one of its checkpoint-N "
-            "folders, or a model directory (models are not downloaded: this loader reads local files only)"
+            "folders, a model directory, or a hub id (load_pretrained_model resolves hub ids first)"
         )
     if (path / ADAPTER_CONFIG_FILE).is_file():
         return CheckpointKind.LORA
@@ -132,16 +139,25 @@ def load_pretrained_model(
         use_flash_attn: use flash-attention-2 (falls back to SDPA with a warning when ``flash_attn`` is absent).
         kwargs: passed on to ``from_pretrained`` (e.g. ``dtype``/``torch_dtype``, ``attn_implementation``).
             The default dtype is float16 on GPUs (as upstream) and float32 elsewhere, where half-precision
-            matmuls are slow or unsupported.
+            matmuls are slow or unsupported. ``cache_dir`` and ``revision`` are used to resolve hub ids
+            (``revision`` for ``model_path`` only).
 
     Returns:
         The tokenizer (with LLaVA's image tokens added as the config asks), the model in eval mode with LoRA merged,
         the vision tower's image processor (``None`` for language models) and the context length
         (``config.max_sequence_length`` or 2048, as upstream).
+
+    Raises:
+        llava.model.hub.HubResolutionError: ``model_path`` or ``model_base`` is neither a local directory nor in the
+            HF cache / on the hub.
+        ValueError: among others, the loaded weights hold NaN or inf (a run that diverged, or an fp16 overflow).
     """
     del model_name  # upstream decides from it; we decide from the files (upstream #1021, #1022, #730)
-    model_path = Path(model_path)
-    model_base = Path(model_base) if model_base is not None else None
+    cache_dir = kwargs.pop("cache_dir", None)
+    revision = kwargs.pop("revision", None)
+    model_path = resolve_model_dir(model_path, cache_dir=cache_dir, revision=revision, what="--model-path")
+    if model_base is not None:
+        model_base = resolve_model_dir(model_base, cache_dir=cache_dir, what="--model-base")
     kind = detect_checkpoint_kind(model_path)
     dtype = _resolve_dtype(kwargs, device)
     options = _from_pretrained_options(load_8bit, load_4bit, device_map, device, use_flash_attn, dtype, kwargs)
@@ -163,6 +179,7 @@ def load_pretrained_model(
         loaded = _load_complete_model(model_path, options)
 
     tokenizer, model = loaded.tokenizer, loaded.model
+    _refuse_nonfinite(model, model_path, model_base)
     image_processor = None
     if _is_llava_config(model.config.to_dict()):
         add_image_tokens(
@@ -184,12 +201,10 @@ def load_pretrained_model(
 
 def _load_lora_run(run_dir: Path, model_base: Path, options: dict[str, Any]) -> _Loaded:
     """Base model with the run's config -> non-LoRA trainables (projector) -> LoRA adapter merged in."""
-    from transformers import AutoConfig
-
     run_config_file = _run_config_file(run_dir)
-    base_config = AutoConfig.from_pretrained(model_base)
+    base_config = load_checkpoint_config(model_base)
     if run_config_file is not None:
-        config = AutoConfig.from_pretrained(run_config_file.parent)
+        config = load_checkpoint_config(run_config_file.parent)
     else:
         # A plain PEFT adapter over a language model (or over a full LLaVA) carries no config of its own.
         config = base_config
@@ -211,8 +226,6 @@ def _load_lora_run(run_dir: Path, model_base: Path, options: dict[str, Any]) -> 
 
 def _load_projector_over_base(projector_dir: Path, model_base: Path, options: dict[str, Any]) -> _Loaded:
     """Projector pretraining output (``mm_projector.bin`` + config) over the language model it was trained on."""
-    from transformers import AutoConfig
-
     config_file = _run_config_file(projector_dir)
     if config_file is None:
         raise FileNotFoundError(
@@ -220,8 +233,8 @@ def _load_projector_over_base(projector_dir: Path, model_base: Path, options: di
             "config says which vision tower and projector type the weights belong to. Copy config.json from the "
             "pretraining output_dir into it"
         )
-    config = AutoConfig.from_pretrained(config_file.parent)
-    base_config = AutoConfig.from_pretrained(model_base)
+    config = load_checkpoint_config(config_file.parent)
+    base_config = load_checkpoint_config(model_base)
     projector_file = projector_dir / PROJECTOR_FILE
     projector_state = load_state_file(projector_file)
 
@@ -235,11 +248,18 @@ def _load_projector_over_base(projector_dir: Path, model_base: Path, options: di
 
 
 def _load_complete_model(model_dir: Path, options: dict[str, Any]) -> _Loaded:
-    """A full LLaVA model or a language model, loaded through the Auto classes (LlavaConfig is registered)."""
-    import llava.model  # noqa: F401  (registers llava_llama with the Auto classes)
+    """A full LLaVA model or a language model, loaded through the Auto classes (LlavaConfig is registered).
+
+    The config is read first: a release's ``"model_type": "llava"`` would otherwise name transformers' own LLaVA.
+    """
     from transformers import AutoModelForCausalLM
 
-    model, info = AutoModelForCausalLM.from_pretrained(model_dir, output_loading_info=True, **options)
+    import llava.model  # noqa: F401  (registers llava_llama with the Auto classes)
+
+    config = load_checkpoint_config(model_dir)
+    model, info = AutoModelForCausalLM.from_pretrained(
+        model_dir, config=config, output_loading_info=True, **options
+    )
     if info["missing_keys"]:
         raise ValueError(
             f"{model_dir} is incomplete: no weights for {_preview(info['missing_keys'])}. Re-save the model, or if "
@@ -261,8 +281,9 @@ def _load_base(
     larger than the base's: the base is loaded at its own size and then resized, and the trained rows arrive with the
     non-LoRA trainables. Any other shape difference means the base is not the one the run was trained from.
     """
-    import llava.model  # noqa: F401  (registers llava_llama with the Auto classes)
     from transformers import AutoModelForCausalLM
+
+    import llava.model  # noqa: F401  (registers llava_llama with the Auto classes)
 
     if not hasattr(base_config, "vocab_size") or not hasattr(base_config, "hidden_size"):
         raise ValueError(
@@ -365,6 +386,18 @@ def _merge_adapter(model: torch.nn.Module, run_dir: Path) -> torch.nn.Module:
         )
     logger.info("merging the LoRA adapter from %s", weight_file)
     return peft_model.merge_and_unload()
+
+
+def _refuse_nonfinite(model: torch.nn.Module, model_path: Path, model_base: Path | None) -> None:
+    """Weights with NaN or inf answer garbage (a run that diverged, or values past fp16's range): refuse them."""
+    bad = nonfinite_tensors(model.named_parameters())
+    if bad:
+        sources = f"{model_path}" + (f" over --model-base {model_base}" if model_base is not None else "")
+        raise ValueError(
+            f"{sources} has weights with NaN or inf values: {_preview(bad)}. The training run that wrote them "
+            "diverged (or they were saved in float16 past its range); retrain from the last checkpoint with finite "
+            "weights, in float32 or bf16 (--bf16 True), or with a lower --learning_rate"
+        )
 
 
 def _load_vision_tower(model: torch.nn.Module, device: str, dtype: torch.dtype) -> Any:
@@ -472,7 +505,7 @@ def _has_tokenizer(directory: Path) -> bool:
 
 
 def _is_llava_config(config: dict[str, Any]) -> bool:
-    return str(config.get("model_type", "")).startswith("llava") or "mm_vision_tower" in config
+    return is_llava_config(config)
 
 
 def _read_json(path: Path) -> dict[str, Any]:

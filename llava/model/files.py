@@ -11,6 +11,9 @@ ADAPTER_WEIGHT_FILES = ("adapter_model.safetensors", ADAPTER_WEIGHTS_FILE)
 NON_LORA_TRAINABLES_FILE = "non_lora_trainables.bin"
 PROJECTOR_FILE = "mm_projector.bin"
 TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
+TOKENIZER_JSON_FILE = "tokenizer.json"
+# The sentencepiece model: what a slow LlamaTokenizer (upstream's use_fast=False) reads.
+SENTENCEPIECE_FILE = "tokenizer.model"
 TRAINING_ARGS_FILE = "training_args.bin"
 MODEL_WEIGHT_FILES = (
     "model.safetensors",

@@ -90,20 +90,26 @@ class LlavaMetaModel:
 
         if getattr(self, "mm_projector", None) is None:
             self.mm_projector = build_vision_projector(self.config)
-            if "unpad" in merge_type:
-                std = self.config.hidden_size**-0.5
-                self.image_newline = nn.Parameter(torch.randn(self.config.hidden_size, dtype=self.dtype) * std)
         else:
             for param in self.mm_projector.parameters():
                 param.requires_grad = True
+        if "unpad" in merge_type and getattr(self, "image_newline", None) is None:
+            # Also when the projector came with the checkpoint: a LLaVA-1.5 model (flat merge, no newline) moved to
+            # 1.6-style spatial_unpad tiles has none yet; it is trained from here and saved with the projector
+            # (docs/upstream_differences.md #14).
+            std = self.config.hidden_size**-0.5
+            self.image_newline = nn.Parameter(torch.randn(self.config.hidden_size, dtype=self.dtype) * std)
 
         if model_args.pretrain_mm_mlp_adapter is not None:
             self.load_mm_projector(model_args.pretrain_mm_mlp_adapter)
 
     def load_mm_projector(self, path) -> None:
-        """Load projector weights from an ``mm_projector.bin`` (keys containing ``mm_projector.``)."""
+        """Load projector weights from an ``mm_projector.bin`` (keys containing ``mm_projector.``): a local file or
+        ``owner/name/mm_projector.bin`` on the hub."""
+        from llava.model.hub import resolve_file
         from llava.model.state_files import load_state_file
 
+        path = resolve_file(path, what="--pretrain_mm_mlp_adapter")
         state = load_state_file(path)
         weights = {key.split(PROJECTOR_KEY, 1)[1]: value for key, value in state.items() if PROJECTOR_KEY in key}
         if not weights:
@@ -215,13 +221,15 @@ class LlavaMetaForCausalLM(ABC):
     # The splice
 
     def prepare_inputs_labels_for_multimodal(
-        self, input_ids, position_ids, attention_mask, past_key_values, labels, images, image_sizes=None
-    ):
+        self, input_ids, position_ids, attention_mask, past_key_values, labels, images, image_sizes=None,
+        padding_side=None,
+    ):  # fmt: skip
         """Replace image tokens by image features; returns upstream's tuple
         ``(None, position_ids, attention_mask, past_key_values, inputs_embeds, labels)``.
 
         Inputs pass through unchanged (with ``inputs_embeds=None``) when there is no vision tower, no image, or a
-        single-token step of generation.
+        single-token step of generation. ``padding_side`` ("left"/"right") overrides
+        ``config.tokenizer_padding_side`` (training's choice): batched generation needs the prompts left-padded.
         """
         vision_tower = self.get_vision_tower()
         packed = is_packed_batch(position_ids, attention_mask) and input_ids.shape[1] > 1
@@ -235,10 +243,14 @@ class LlavaMetaForCausalLM(ABC):
 
         features = self._image_features(images, image_sizes)
         if packed:
-            embeds, new_labels, _, new_positions = self._splice(input_ids, None, labels, features, position_ids)
+            embeds, new_labels, _, new_positions = self._splice(
+                input_ids, None, labels, features, packed_position_ids=position_ids
+            )
             embeds, new_positions, new_labels = self._rows_for_attention(embeds, new_positions, new_labels)
             return None, new_positions, None, past_key_values, embeds, new_labels
-        embeds, new_labels, new_mask, new_positions = self._splice(input_ids, attention_mask, labels, features)
+        embeds, new_labels, new_mask, new_positions = self._splice(
+            input_ids, attention_mask, labels, features, padding_side
+        )
         return (
             None,
             new_positions if position_ids is not None else None,
@@ -256,7 +268,7 @@ class LlavaMetaForCausalLM(ABC):
         flat = values.reshape(1, -1, *values.shape[2:])
         return flat, position_ids.reshape(1, -1), labels.reshape(1, -1) if labels is not None else None
 
-    def _splice(self, input_ids, attention_mask, labels, features, packed_position_ids=None):
+    def _splice(self, input_ids, attention_mask, labels, features, padding_side=None, packed_position_ids=None):
         """The vectorised splice. With ``packed_position_ids`` (a packed batch, see :func:`is_packed_batch`), rows
         hold several samples: image tokens take the images in order with no placeholder per row, row padding
         (position -1) is dropped, and the output position ids restart at every sample, so that transformers' mask
@@ -296,7 +308,9 @@ class LlavaMetaForCausalLM(ABC):
                 f"image token takes one placeholder image) but {num_images} were given."
             )
 
-        left_padded = not packed and getattr(self.config, "tokenizer_padding_side", "right") == "left"
+        if padding_side is None:
+            padding_side = getattr(self.config, "tokenizer_padding_side", "right")
+        left_padded = not packed and padding_side == "left"
         shift = (out_length - row_length) if left_padded else torch.zeros_like(row_length)
         trash = out_length  # an extra column that collects everything not written to the output; sliced off
 

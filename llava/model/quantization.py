@@ -5,6 +5,12 @@ from __future__ import annotations
 
 import torch
 
+from llava.utils import ignore_log_messages
+
+# On CPUs with AVX512-BF16, bitsandbytes looks for an optional Hub kernel when it is imported and warns that the
+# `kernels` package is missing, then uses its own CPU kernels; there is nothing to do about it offline.
+ignore_log_messages("bitsandbytes.backends.cpu.ops", "Failed to load CPU gemm_4bit_forward from kernels-community")
+
 # Kept out of quantization: the projector trains in full precision (as upstream), the vision tower is never
 # quantized, and the output head stays whole (transformers' own default) so that added tokens can resize it.
 # transformers 5 matches these patterns from the start of a module's full name (or as its suffix), so upstream's

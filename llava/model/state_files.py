@@ -72,3 +72,16 @@ def _last_line(err: BaseException) -> str:
         if "GLOBAL" in line or "Unsupported" in line:
             return line
     return lines[-1] if lines else type(err).__name__
+
+
+def nonfinite_tensors(named_tensors) -> list[str]:
+    """Names of the floating-point tensors holding NaN or inf, from a state dict or ``named_parameters()``.
+
+    Quantized storage (uint8 / int8) is skipped: it holds codes, not values.
+    """
+    items = named_tensors.items() if isinstance(named_tensors, dict) else named_tensors
+    return [
+        name
+        for name, tensor in items
+        if tensor.is_floating_point() and tensor.numel() and not bool(torch.isfinite(tensor).all())
+    ]

@@ -11,14 +11,15 @@ raises once, before any model is loaded.
 from __future__ import annotations
 
 import ast
-import json
 import importlib.util
+import json
 import logging
 import os
 import re
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Optional, Sequence, get_args
+from typing import Literal, Optional, get_args
 
 import torch
 import transformers
@@ -45,7 +46,7 @@ PROJECTOR_TYPE_PATTERN = re.compile(r"linear|identity|mlp(\d+)x_gelu")
 class ModelArguments:
     model_name_or_path: Optional[str] = field(
         default="facebook/opt-125m",
-        metadata={"help": "Language model (or LLaVA checkpoint) directory to start from."},
+        metadata={"help": "Language model (or LLaVA checkpoint) to start from: a directory or a hub id."},
     )
     version: Optional[str] = field(
         default="v0",
@@ -59,13 +60,17 @@ class ModelArguments:
         default=False, metadata={"help": "Projector pretraining: train only the multimodal projector."}
     )
     vision_tower: Optional[str] = field(
-        default=None, metadata={"help": "CLIP vision tower directory; without it the run is text-only."}
+        default=None, metadata={"help": "CLIP vision tower (directory or hub id); without it the run is text-only."}
     )
     mm_vision_select_layer: Optional[int] = field(
         default=-1, metadata={"help": "Vision tower hidden layer whose features feed the projector (-2 in LLaVA-1.5)."}
     )
     pretrain_mm_mlp_adapter: Optional[str] = field(
-        default=None, metadata={"help": "mm_projector.bin from a projector-pretraining run, loaded into the projector."}
+        default=None,
+        metadata={
+            "help": "mm_projector.bin from a projector-pretraining run (a path, or owner/name/mm_projector.bin on "
+            "the hub), loaded into the projector."
+        },
     )
     mm_projector_type: Optional[str] = field(
         default="linear", metadata={"help": "Projector: 'linear', 'mlp<N>x_gelu' (LLaVA-1.5: mlp2x_gelu) or 'identity'."}
@@ -107,6 +112,15 @@ class DataArguments:
             "stopping; a run where every sample would be dropped still stops."
         },
     )
+    # Upstream evaluates nothing while training (eval_dataset=None; upstream #1017, #1536, #1717).
+    eval_data_path: Optional[str] = field(
+        default=None,
+        metadata={"help": "Evaluation data in the training data's format, checked like it; used with --eval_strategy."},
+    )
+    eval_split_ratio: float = field(
+        default=0.0,
+        metadata={"help": "Hold out this share of --data_path (chosen with --seed) as evaluation data instead."},
+    )
 
 
 @dataclass
@@ -127,6 +141,13 @@ class TrainingArguments(transformers.TrainingArguments):
         default="nf4", metadata={"help": "Quantization data type to use. Should be one of `fp4` or `nf4`."}
     )
     bits: QuantBits = field(default=16, metadata={"help": "How many bits to use: 16 (no quantization), 8 or 4 (QLoRA)."})
+    eval_generation_samples: int = field(
+        default=0,
+        metadata={"help": "At each evaluation, answer the first K evaluation samples into eval_generations.jsonl."},
+    )
+    eval_generation_max_new_tokens: int = field(
+        default=64, metadata={"help": "Longest answer --eval_generation_samples generates (tokens)."}
+    )
     lora_enable: bool = field(default=False, metadata={"help": "Train LoRA adapters instead of the full model."})
     lora_r: int = field(default=64, metadata={"help": "LoRA rank."})
     lora_alpha: int = field(default=16, metadata={"help": "LoRA scaling numerator."})
@@ -137,6 +158,14 @@ class TrainingArguments(transformers.TrainingArguments):
     )
     mm_projector_lr: Optional[float] = field(
         default=None, metadata={"help": "Learning rate for the projector (default: --learning_rate)."}
+    )
+    console_log_steps: int = field(
+        default=0,
+        metadata={
+            "help": "Print one short line (loss, grad norm, learning rate) every N training steps under the progress "
+            "bar, instead of transformers' dict for every log; 0 keeps transformers' output. Logs and reporters "
+            "still get every --logging_steps."
+        },
     )
     group_by_modality_length: bool = field(
         default=False, metadata={"help": "Batch image and text-only samples separately, grouped by length."}
@@ -203,10 +232,12 @@ class TrainingArguments(transformers.TrainingArguments):
         if self.__dict__.get("_distributed_ready"):
             return
         self._distributed_ready = True
-        if self.deepspeed and not torch.cuda.is_available():
-            from llava.distributed.state import init_distributed_state
+        if self.deepspeed:
+            from llava.distributed.state import init_distributed_state, silence_deepspeed_deprecations
 
-            init_distributed_state(self.deepspeed)
+            silence_deepspeed_deprecations()
+            if not torch.cuda.is_available():
+                init_distributed_state(self.deepspeed)
         _ = self.device
         if self.deepspeed:
             # What transformers' __post_init__ does with --deepspeed, now that the world size is known.
@@ -235,6 +266,8 @@ class TrainingArguments(transformers.TrainingArguments):
             warnings.warn("--fp16 is not supported on CPU; training in bf16 instead.", stacklevel=3)
             self.fp16 = False
             self.bf16 = True
+        # Pinned memory only helps copies to a GPU (torch warns at every dataloader start without one).
+        self.dataloader_pin_memory = False
         if self.bf16 or self.deepspeed:
             # transformers refuses bf16 on CPU unless told the run is meant for the CPU; DeepSpeed's CPU state too.
             self.use_cpu = True
@@ -362,15 +395,32 @@ def _check_files(model_args: ModelArguments, data_args: DataArguments) -> list[s
         problems.append("--data_path is required: a LLaVA JSON (or JSONL) file of conversations.")
     elif not os.path.isfile(data_args.data_path):
         problems.append(f"--data_path {data_args.data_path!r} does not exist or is not a file.")
+    if data_args.eval_data_path is not None and not os.path.isfile(data_args.eval_data_path):
+        problems.append(f"--eval_data_path {data_args.eval_data_path!r} does not exist or is not a file.")
     if data_args.image_folder is not None and not os.path.isdir(data_args.image_folder):
         problems.append(f"--image_folder {data_args.image_folder!r} does not exist or is not a folder.")
     adapter = model_args.pretrain_mm_mlp_adapter
     if adapter is not None and not os.path.isfile(adapter):
-        problems.append(
-            f"--pretrain_mm_mlp_adapter {adapter!r} does not exist; pass the mm_projector.bin written by a "
-            "--tune_mm_mlp_adapter run."
-        )
+        problems += _check_hub_file(adapter)
     return problems
+
+
+def _check_hub_file(adapter: str) -> list[str]:
+    """`--pretrain_mm_mlp_adapter owner/name/mm_projector.bin` names a file on the hub (upstream's released
+    projectors); it must resolve (from the cache when offline) before anything loads."""
+    from llava.model.hub import HubResolutionError, is_hub_id, resolve_file
+
+    if not is_hub_id("/".join(adapter.split("/")[:2])):
+        return [
+            f"--pretrain_mm_mlp_adapter {adapter!r} does not exist; pass the mm_projector.bin written by a "
+            "--tune_mm_mlp_adapter run, or a file on the hub such as "
+            "liuhaotian/llava-v1.5-mlp2x-336px-pretrain-vicuna-7b-v1.5/mm_projector.bin."
+        ]
+    try:
+        resolve_file(adapter, what="--pretrain_mm_mlp_adapter")
+    except HubResolutionError as error:
+        return [str(error)]
+    return []
 
 
 def _check_combinations(
@@ -393,6 +443,7 @@ def _check_combinations(
                 "--tune_mm_mlp_adapter freezes everything but the projector, LoRA weights included; "
                 "drop --lora_enable for projector pretraining."
             )
+    problems += _check_evaluation(data_args, training_args)
     if data_args.image_aspect_ratio == "anyres" and data_args.image_grid_pinpoints is None:
         problems.append("--image_aspect_ratio anyres needs --image_grid_pinpoints (candidate resolutions).")
     if training_args.packing and data_args.image_aspect_ratio == "anyres" and model_args.vision_tower is not None:
@@ -407,6 +458,29 @@ def _check_combinations(
         problems.append(f"--bits {training_args.bits} with --tune_mm_mlp_adapter: projector pretraining trains only "
                         "the full-precision projector, quantizing the frozen model gains nothing; drop --bits.")
     problems += _missing_packages(training_args)
+    return problems
+
+
+def _check_evaluation(data_args: DataArguments, training_args: TrainingArguments) -> list[str]:
+    problems = []
+    if not 0.0 <= data_args.eval_split_ratio < 1.0:
+        problems.append(f"--eval_split_ratio must be in [0, 1), got {data_args.eval_split_ratio}.")
+    has_eval_data = data_args.eval_data_path is not None or data_args.eval_split_ratio > 0
+    if data_args.eval_data_path is not None and data_args.eval_split_ratio > 0:
+        problems.append("--eval_data_path and --eval_split_ratio both choose the evaluation data; pass one.")
+    if training_args.eval_generation_samples < 0 or training_args.eval_generation_max_new_tokens < 1:
+        problems.append(
+            "--eval_generation_samples must be 0 or more and --eval_generation_max_new_tokens at least 1, got "
+            f"{training_args.eval_generation_samples} and {training_args.eval_generation_max_new_tokens}."
+        )
+    if training_args.eval_generation_samples > 0 and not has_eval_data:
+        problems.append("--eval_generation_samples answers evaluation samples: pass --eval_data_path or --eval_split_ratio.")
+    strategy = getattr(training_args.eval_strategy, "value", training_args.eval_strategy)
+    if strategy != "no" and not has_eval_data:
+        problems.append(
+            f"--eval_strategy {strategy} needs evaluation data: pass --eval_data_path (same format as --data_path) "
+            "or --eval_split_ratio (a held-out share of --data_path)."
+        )
     return problems
 
 

@@ -11,24 +11,32 @@ What it adds to `Trainer`, as upstream does (and where upstream is buggy, fixed)
 - Resuming restores those files into the model, the projector included (upstream #1200).
 - The share of supervised tokens and the number of fully masked samples are counted from the batches' labels and
   logged (upstream #661, #1166, #1706).
+- A non-finite loss or gradient norm stops the run at that step (:class:`NonFiniteTrainingError`), before that
+  step's checkpoint is written, and no save ever writes NaN or inf weights. Transformers only hides such a loss
+  (`logging_nan_inf_filter`) and keeps training: an fp16 model logged `loss 0`, `grad_norm nan`, exited 0 and saved
+  NaN adapter weights (docs/upstream_differences.md #13).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import shutil
-from typing import Any, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any, Optional
 
 import torch
 from torch import nn
 from torch.utils.data import Sampler
-from transformers import Trainer
+from transformers import ProgressCallback, Trainer
+from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_pt_utils import get_parameter_names  # noqa: F401  (re-exported for upstream users)
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, has_length, rotate_checkpoints
 
 from llava.constants import IGNORE_INDEX
 from llava.data.dataset import PACKING_STATS_KEY
+from llava.model import compat
 from llava.model.files import TRAINING_ARGS_FILE
 from llava.train import saving
 
@@ -203,12 +211,96 @@ def projector_param_groups(
 # Trainer
 
 
+class ConsoleLogCallback(ProgressCallback):
+    """transformers' progress bar, with one short line per `every` logged training steps instead of a dict per log.
+
+    Only the console changes: every log still reaches `log_history` and the reporters.
+    """
+
+    FIELDS = (("loss", "loss {:.4f}"), ("grad_norm", "grad_norm {:.3g}"), ("learning_rate", "lr {:.3g}"))
+
+    def __init__(self, every: int) -> None:
+        super().__init__()
+        self.every = max(1, every)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not state.is_world_process_zero or self.training_bar is None or not logs:
+            return
+        if "loss" in logs and state.global_step % self.every and state.global_step != state.max_steps:
+            return
+        shown = [template.format(float(logs[key])) for key, template in self.FIELDS if key in logs]
+        shown += [f"{key} {value:.4g}" for key, value in logs.items() if key.startswith("eval_")]
+        if not shown:
+            shown = [f"{key} {value}" for key, value in logs.items() if isinstance(value, (int, float))][:4]
+        self.training_bar.write(f"step {state.global_step}/{state.max_steps}  " + "  ".join(shown))
+
+
+class NonFiniteTrainingError(RuntimeError):
+    """The loss or the gradient norm became NaN or inf: training stopped before saving anything of that step."""
+
+
 class LLaVATrainer(Trainer):
     """`Trainer` for LLaVA: modality-grouped sampling, projector learning rate, LLaVA's output files."""
 
     def __init__(self, *args, **kwargs):
+        training_args = kwargs["args"] if "args" in kwargs else (args[1] if len(args) > 1 else None)
+        if training_args is not None:
+            # transformers' own arguments set up their devices when they are built, and Trainer relies on that
+            # (it creates the Accelerator first); ours wait for this first use (llava.train.arguments).
+            _ = training_args.device
         super().__init__(*args, **kwargs)
         self._label_counts = _LabelCounts()
+        every = getattr(self.args, "console_log_steps", 0)
+        if every and not self.args.disable_tqdm:
+            self.remove_callback(ProgressCallback)
+            self.add_callback(ConsoleLogCallback(every))
+        self._step_losses_finite: Optional[torch.Tensor] = None  # over the micro-batches of the current step
+
+    # -- stopping on NaN / inf --------------------------------------------------------------------------------
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        finite = torch.isfinite(loss.detach()).all()  # stays on the device: checked once per optimizer step
+        self._step_losses_finite = finite if self._step_losses_finite is None else self._step_losses_finite & finite
+        return loss
+
+    def _maybe_log_save_evaluate(self, tr_loss, grad_norm, model, *args, **kwargs):
+        # Runs after every optimizer step, before that step's logging and checkpoint.
+        self._stop_if_not_finite(grad_norm)
+        super()._maybe_log_save_evaluate(tr_loss, grad_norm, model, *args, **kwargs)
+
+    def _stop_if_not_finite(self, grad_norm) -> None:
+        losses_finite, self._step_losses_finite = self._step_losses_finite, None
+        loss_bad = 0.0 if losses_finite is None else float(not bool(losses_finite))
+        # With fp16 loss scaling an overflowing gradient is expected now and then: the scaler skips that step.
+        overflow_skipped = self.args.fp16 and self.accelerator.optimizer_step_was_skipped
+        norm_bad = 0.0
+        if grad_norm is not None and not overflow_skipped:
+            norm_bad = float(not math.isfinite(float(grad_norm)))
+        flags = torch.tensor([loss_bad, norm_bad], device=self.args.device)
+        if self.accelerator is not None and self.accelerator.num_processes > 1:
+            # Every rank must stop at the same step (the loss differs per rank; a lone rank raising would hang the others).
+            flags = self.accelerator.reduce(flags, reduction="sum")
+        loss_bad, norm_bad = (bool(flag) for flag in flags.tolist())
+        if loss_bad or norm_bad:
+            raise NonFiniteTrainingError(self._nonfinite_message(loss_bad, norm_bad, grad_norm))
+
+    def _nonfinite_message(self, loss_bad: bool, norm_bad: bool, grad_norm) -> str:
+        what = " and ".join(
+            part for part, bad in (("the loss", loss_bad), (f"the gradient norm ({grad_norm})", norm_bad)) if bad
+        )
+        trainable = sorted({str(p.dtype).removeprefix("torch.") for p in self.model.parameters() if p.requires_grad})
+        frozen = sorted({str(p.dtype).removeprefix("torch.") for p in self.model.parameters() if not p.requires_grad})
+        precision = "--bf16" if self.args.bf16 else "--fp16" if self.args.fp16 else "float32 (no --bf16 / --fp16)"
+        return (
+            f"step {self.state.global_step}: {what} {'are' if loss_bad and norm_bad else 'is'} not finite (NaN or "
+            "inf). Training stopped; nothing of this "
+            f"step was saved (checkpoints written before it are intact). Dtypes in use: {precision}, trainable "
+            f"parameters {', '.join(trainable) or '-'}, frozen weights {', '.join(frozen) or '-'}. What to change: "
+            "lower --learning_rate (or raise --warmup_ratio); keep trainable weights in float32 or bf16 "
+            "(--bf16 True where the hardware has it; float16 master weights overflow); keep --max_grad_norm on; and "
+            f"check the samples of step {self.state.global_step} (python -m llava.data.check)."
+        )
 
     # -- data -------------------------------------------------------------------------------------------------
 
@@ -284,6 +376,8 @@ class LLaVATrainer(Trainer):
         mode = saving.output_kind(self.model, self.args)
         if mode == saving.OutputKind.FULL:
             super().save_model(output_dir, _internal_call=_internal_call)
+            if self.args.should_save:
+                saving.files_for_upstream_stack(output_dir, self.processing_class)
             return
         if mode == saving.OutputKind.LORA:
             saving.save_lora_outputs(self.model, output_dir, self.args.lora_bias, self.args.should_save)
@@ -291,8 +385,14 @@ class LLaVATrainer(Trainer):
             saving.save_projector_outputs(self.model, output_dir, PROJECTOR_KEYS, self.args.should_save)
         if self.args.should_save:
             if self.processing_class is not None:
-                self.processing_class.save_pretrained(output_dir)
+                compat.save_tokenizer(self.processing_class, output_dir)
             torch.save(self.args, os.path.join(output_dir, TRAINING_ARGS_FILE))
+
+    def _save(self, output_dir: Optional[str] = None, state_dict=None) -> None:
+        """A full fine-tune's weights (transformers' save, on the main process): never with NaN or inf."""
+        state = self.model.state_dict() if state_dict is None else state_dict
+        saving.refuse_nonfinite(state, output_dir or self.args.output_dir)
+        super()._save(output_dir, state_dict=state_dict)
 
     def _save_checkpoint(self, model, trial) -> None:
         """Write `checkpoint-N/` aside and rename it into place only once complete.
@@ -313,6 +413,7 @@ class LLaVATrainer(Trainer):
             super()._save_checkpoint(model, trial)  # writes into staging_root/checkpoint-N
         finally:
             self._staging_root = None
+        self._point_best_checkpoint_at(run_dir, staged)
         self.accelerator.wait_for_everyone()
         if self.args.should_save:
             if os.path.exists(final):
@@ -329,10 +430,32 @@ class LLaVATrainer(Trainer):
             )
         self.accelerator.wait_for_everyone()
 
+    def _point_best_checkpoint_at(self, run_dir: str, staged: str) -> None:
+        """transformers records the best checkpoint under the folder it saved into (the staging folder) or, for an
+        earlier step, not at all: point it at the renamed `checkpoint-N/`, which `load_best_model_at_end` loads and
+        `save_total_limit` must keep, and record that in the staged trainer_state.json before the rename."""
+        if not self.state.best_global_step:
+            return
+        best = f"{PREFIX_CHECKPOINT_DIR}-{self.state.best_global_step}"
+        self.state.best_model_checkpoint = os.path.join(run_dir, best)
+        if self.args.should_save and os.path.isdir(staged):
+            self.state.save_to_json(os.path.join(staged, TRAINER_STATE_NAME))
+
     def _get_output_dir(self, trial) -> str:
         staging_root = getattr(self, "_staging_root", None)
         return staging_root if staging_root is not None else super()._get_output_dir(trial)
 
+
+    def _load_best_model(self) -> None:
+        """`load_best_model_at_end` for LoRA and projector runs: transformers reloads only the adapter of a PEFT
+        model, which would leave the last step's projector next to the best step's LoRA weights. Under DeepSpeed the
+        engine's checkpoint holds every parameter, and transformers' reload is complete."""
+        mode = saving.output_kind(self.model, self.args)
+        if self.is_deepspeed_enabled or mode == saving.OutputKind.FULL:
+            super()._load_best_model()
+            return
+        logger.info("Loading the best model from %s (%s)", self.state.best_model_checkpoint, self.state.best_metric)
+        self._load_from_checkpoint(self.state.best_model_checkpoint, self.model)
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: Optional[nn.Module] = None) -> None:
         model = self.model if model is None else model

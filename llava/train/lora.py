@@ -9,6 +9,7 @@ is never adapted, whatever order the modules were built in.
 from __future__ import annotations
 
 import logging
+import warnings
 
 import torch
 from torch import nn
@@ -78,7 +79,10 @@ def add_lora(model: nn.Module, training_args) -> nn.Module:
     if training_args.bits == 16 and training_args.bf16:
         model.to(torch.bfloat16)
     logger.info("Adding LoRA adapters (r=%d) to %s", training_args.lora_r, ", ".join(targets))
-    return get_peft_model(model, config)
+    with warnings.catch_warnings():
+        # PEFT 0.21 reads `is_gradient_checkpointing`, which transformers 5 deprecates (FutureWarning per rank).
+        warnings.filterwarnings("ignore", message=r".*`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        return get_peft_model(model, config)
 
 
 def cast_kbit_modules(model: nn.Module, training_args) -> None:

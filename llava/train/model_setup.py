@@ -16,16 +16,16 @@ import transformers
 from torch import nn
 
 from llava.conversation import Conversation, get_conv_template, template_name
+from llava.distributed.state import is_zero3_enabled
+from llava.distributed.zero3 import disable_4bit_cpu_repacking
+from llava.model.llava_arch import init_rows_at_mean
+from llava.model.quantization import bnb_config
 from llava.train.arguments import (
     DataArguments,
     ModelArguments,
     TrainingArguments,
     parse_grid_pinpoints,
 )
-from llava.distributed.state import is_zero3_enabled
-from llava.model.quantization import bnb_config
-from llava.distributed.zero3 import disable_4bit_cpu_repacking
-from llava.model.llava_arch import init_rows_at_mean
 
 logger = logging.getLogger(__name__)
 
@@ -61,22 +61,54 @@ def quantization_kwargs(training_args: TrainingArguments) -> dict[str, Any]:
     return kwargs
 
 
+def load_dtype(training_args: TrainingArguments) -> torch.dtype:
+    """The dtype the model's weights are loaded in: bf16 with `--bf16`, otherwise fp32, as upstream.
+
+    Upstream passed `torch_dtype=None` without `--bf16`, which in transformers 4.37 meant fp32. Transformers 5 reads
+    None as "auto", i.e. the checkpoint's own dtype: the releases are fp16, and fp16 master weights turn to NaN after
+    one AdamW step. `--fp16` keeps fp32 weights too (mixed precision computes in fp16 and scales the loss; DeepSpeed
+    makes its own fp16 copy).
+    """
+    return torch.bfloat16 if training_args.bf16 else torch.float32
+
+
+def model_dir(model_args: ModelArguments, training_args: TrainingArguments):
+    """The local directory of `--model_name_or_path` (a path, or a hub id resolved through the HF cache)."""
+    from llava.model.hub import resolve_model_dir
+
+    return resolve_model_dir(
+        model_args.model_name_or_path, cache_dir=training_args.cache_dir, what="--model_name_or_path"
+    )
+
+
 def load_model(
     model_args: ModelArguments, training_args: TrainingArguments, attn_implementation: Optional[str] = None
 ) -> transformers.PreTrainedModel:
-    """The language model (a `LlavaLlamaForCausalLM` when a vision tower is given), with the cache off."""
+    """The language model (a `LlavaLlamaForCausalLM` when a vision tower is given), with the cache off.
+
+    A LLaVA release (`"model_type": "llava"`, fp16 shards, no vision tower weights) loads like a Vicuna: its config is
+    read here and turned into this package's `LlavaConfig` (transformers' own "llava" is another model).
+    """
+    from llava.model.language_model.llava_llama import load_checkpoint_config
+
+    directory = model_dir(model_args, training_args)
+    multimodal = model_args.vision_tower is not None
+    config = load_checkpoint_config(directory, as_llava=multimodal)
     kwargs = dict(
-        cache_dir=training_args.cache_dir,
+        config=config,
         attn_implementation=attn_implementation,
-        dtype=torch.bfloat16 if training_args.bf16 else None,
+        dtype=load_dtype(training_args),
         **quantization_kwargs(training_args),
     )
-    if model_args.vision_tower is not None:
+    if multimodal:
         from llava.model import LlavaLlamaForCausalLM
 
-        model = LlavaLlamaForCausalLM.from_pretrained(model_args.model_name_or_path, **kwargs)
+        model = LlavaLlamaForCausalLM.from_pretrained(directory, **kwargs)
     else:
-        model = transformers.LlamaForCausalLM.from_pretrained(model_args.model_name_or_path, **kwargs)
+        if not isinstance(config, transformers.LlamaConfig):
+            config = transformers.LlamaConfig.from_dict({**config.to_dict(), "model_type": "llama"})
+            kwargs["config"] = config
+        model = transformers.LlamaForCausalLM.from_pretrained(directory, **kwargs)
     model.config.use_cache = False
     if training_args.bits == 4 and is_zero3_enabled() and not torch.cuda.is_available():
         # bitsandbytes' CPU repacking does not survive ZeRO-3 re-partitioning (docs/qlora_zero3.md).
@@ -88,8 +120,7 @@ def load_model(
 
 def load_tokenizer(model_args: ModelArguments, training_args: TrainingArguments):
     return transformers.AutoTokenizer.from_pretrained(
-        model_args.model_name_or_path,
-        cache_dir=training_args.cache_dir,
+        model_dir(model_args, training_args),
         model_max_length=training_args.model_max_length,
         padding_side="right",
     )
@@ -173,3 +204,46 @@ def _vision_tower_dtype(training_args: TrainingArguments) -> torch.dtype:
     if training_args.bf16:
         return torch.bfloat16
     return torch.float16 if torch.cuda.is_available() else torch.float32
+
+
+def trainable_dtype(training_args: TrainingArguments, current: torch.dtype) -> torch.dtype:
+    """The dtype a trainable parameter currently in `current` must have for the optimizer that will step it.
+
+    Under DeepSpeed every trainable parameter has the engine's dtype (bf16 / fp16 / fp32): ZeRO flattens them into
+    one buffer per group, and stage 3 asserts a single dtype (the `finetune_task_lora.sh` crash: PEFT makes the
+    LoRA weights fp32 while the checkpoint's projector is bf16; docs/upstream_differences.md #12). Without
+    DeepSpeed, the optimizer steps the parameters themselves: fp16 is never a master dtype (no loss scaler manages
+    it; AdamW turns it into NaN), and bf16 only with `--bf16`, as upstream.
+    """
+    if training_args.deepspeed:
+        return compute_dtype(training_args)
+    if current == torch.float16 or (current == torch.bfloat16 and not training_args.bf16):
+        return torch.float32
+    return current
+
+
+def align_trainable_dtypes(model: nn.Module, training_args: TrainingArguments) -> None:
+    """Cast each trainable parameter to :func:`trainable_dtype`; raise if one cannot be (a ZeRO-3 partition).
+
+    ZeRO-3 partitions exist only for parameters created while the model was loaded; those already have the
+    engine's dtype. The ones created after (LoRA, a new projector or `image_newline`) are whole and cast here.
+    """
+    wrong = []
+    for name, param in model.named_parameters():
+        if not param.requires_grad or not param.is_floating_point():
+            continue
+        wanted = trainable_dtype(training_args, param.dtype)
+        if param.dtype == wanted:
+            continue
+        if hasattr(param, "ds_id"):
+            wrong.append(f"{name} ({param.dtype})")
+            continue
+        param.data = param.data.to(wanted)
+    if wrong:
+        raise ValueError(
+            f"trainable parameters partitioned by ZeRO-3 in another dtype than the run's "
+            f"{compute_dtype(training_args)}: {', '.join(wrong[:5])}; check that --bf16 / --fp16 match the DeepSpeed "
+            "config's bf16 / fp16 sections (\"auto\" follows the flags)"
+        )
+    dtypes = sorted({str(p.dtype) for p in model.parameters() if p.requires_grad})
+    logger.info("Trainable parameters in %s; weights loaded in %s", ", ".join(dtypes) or "-", load_dtype(training_args))

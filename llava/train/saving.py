@@ -17,18 +17,19 @@ import copy
 import enum
 import logging
 import os
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
 
-from llava.model.files import ADAPTER_WEIGHTS_FILE, NON_LORA_TRAINABLES_FILE, PROJECTOR_FILE
-from llava.model.state_files import load_state_file
 from llava.distributed.zero3 import (
     get_mm_adapter_state_maybe_zero_3,
     get_peft_state_maybe_zero_3,
     get_peft_state_non_lora_maybe_zero_3,
 )
+from llava.model import compat
+from llava.model.files import ADAPTER_WEIGHTS_FILE, CONFIG_FILE, NON_LORA_TRAINABLES_FILE, PROJECTOR_FILE
+from llava.model.state_files import load_state_file, nonfinite_tensors
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +65,15 @@ def save_config(config, output_dir: str) -> None:
         if hasattr(config, name):
             delattr(config, name)
     config.save_pretrained(output_dir)
+    compat.config_for_transformers4(output_dir)  # upstream's stack (transformers 4.37) reads it too
+
+
+def files_for_upstream_stack(output_dir: str, tokenizer=None) -> None:
+    """Make a model folder written by `save_pretrained` readable by upstream's stack (see llava.model.compat)."""
+    if os.path.isfile(os.path.join(output_dir, CONFIG_FILE)):
+        compat.config_for_transformers4(output_dir)
+    if tokenizer is not None:
+        compat.save_tokenizer(tokenizer, output_dir)
 
 
 def save_lora_outputs(model: nn.Module, output_dir: str, lora_bias: str, is_main_process: bool) -> None:
@@ -71,6 +81,7 @@ def save_lora_outputs(model: nn.Module, output_dir: str, lora_bias: str, is_main
     named = list(model.named_parameters())
     adapter_state = get_peft_state_maybe_zero_3(named, lora_bias)
     non_lora_state = get_peft_state_non_lora_maybe_zero_3(named)
+    refuse_nonfinite({**adapter_state, **non_lora_state}, output_dir)
     if not is_main_process:
         return
     os.makedirs(output_dir, exist_ok=True)
@@ -80,6 +91,7 @@ def save_lora_outputs(model: nn.Module, output_dir: str, lora_bias: str, is_main
     model.save_pretrained(
         output_dir, state_dict=adapter_state, safe_serialization=False, save_embedding_layers=False
     )
+    compat.adapter_config_for_old_peft(output_dir)  # upstream's loader runs peft 0.10
     torch.save(non_lora_state, os.path.join(output_dir, NON_LORA_TRAINABLES_FILE))
     logger.info(
         "Saved LoRA adapter (%d tensors) and %d non-LoRA trainable tensors to %s",
@@ -94,12 +106,28 @@ def save_projector_outputs(
 ) -> None:
     """Write `mm_projector.bin` (every tensor whose name contains one of `keys_to_match`) and `config.json`."""
     state = get_mm_adapter_state_maybe_zero_3(model.named_parameters(), keys_to_match)
+    refuse_nonfinite(state, output_dir)
     if not is_main_process:
         return
     os.makedirs(output_dir, exist_ok=True)
     save_config(model.config, output_dir)
     torch.save(state, os.path.join(output_dir, PROJECTOR_FILE))
     logger.info("Saved the projector (%d tensors) to %s", len(state), output_dir)
+
+
+class NonFiniteWeightsError(RuntimeError):
+    """A save was asked to write NaN or inf weights; nothing was written."""
+
+
+def refuse_nonfinite(state: dict[str, torch.Tensor], output_dir: str) -> None:
+    """Raise before writing `state` into `output_dir` when any tensor holds NaN or inf."""
+    bad = nonfinite_tensors(state)
+    if bad:
+        shown = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+        raise NonFiniteWeightsError(
+            f"not saving {output_dir}: the weights {shown} hold NaN or inf. The run diverged; resume from the last "
+            "checkpoint with a lower --learning_rate, or train in float32 / --bf16 True instead of float16 weights."
+        )
 
 
 def load_lora_outputs(model: nn.Module, checkpoint_dir: str) -> None:

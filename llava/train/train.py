@@ -9,32 +9,18 @@ from __future__ import annotations
 
 import logging
 import pathlib
-from typing import Optional, Sequence
+import random
+from collections.abc import Sequence
+from typing import Optional
 
 import transformers
 
 from llava.conversation import get_conv_template, template_name
-from llava.data.validation import validate_for_training
-from llava.train.arguments import DataArguments, ModelArguments, TrainingArguments, parse_args
 from llava.data.dataset import (
     DataCollatorForSupervisedDataset,
     LazySupervisedDataset,
     make_supervised_data_module,
     packing_attention_cost,
-)
-from llava.data.records import load_records
-from llava.model.files import CHECKPOINT_GLOB
-from llava.model.llava_arch import image_feature_length
-from llava.distributed.state import is_main_process
-from llava.train.llava_trainer import LLaVATrainer
-from llava.train.lora import add_lora, cast_kbit_modules, enable_input_grads, find_all_linear_names
-from llava.train.lora import prepare_for_kbit_training
-from llava.train.model_setup import (
-    load_model,
-    load_tokenizer,
-    setup_template,
-    setup_vision_modules,
-    smart_tokenizer_and_embedding_resize,
 )
 from llava.data.preprocess import (
     preprocess,
@@ -44,13 +30,36 @@ from llava.data.preprocess import (
     preprocess_plain,
     preprocess_v1,
 )
-from llava.train.saving import safe_save_model_for_hf_trainer
+from llava.data.records import load_records
+from llava.data.validation import validate_for_training
+from llava.distributed.state import is_main_process
 from llava.distributed.zero3 import (
     get_mm_adapter_state_maybe_zero_3,
     get_peft_state_maybe_zero_3,
     get_peft_state_non_lora_maybe_zero_3,
     maybe_zero_3,
 )
+from llava.model.files import CHECKPOINT_GLOB
+from llava.model.llava_arch import image_feature_length
+from llava.train.arguments import DataArguments, ModelArguments, TrainingArguments, parse_args
+from llava.train.eval_generation import add_eval_generation
+from llava.train.llava_trainer import LLaVATrainer
+from llava.train.lora import (
+    add_lora,
+    cast_kbit_modules,
+    enable_input_grads,
+    find_all_linear_names,
+    prepare_for_kbit_training,
+)
+from llava.train.model_setup import (
+    align_trainable_dtypes,
+    load_model,
+    load_tokenizer,
+    setup_template,
+    setup_vision_modules,
+    smart_tokenizer_and_embedding_resize,
+)
+from llava.train.saving import safe_save_model_for_hf_trainer
 
 __all__ = [
     "DataArguments",
@@ -98,7 +107,9 @@ def run(
     _configure_logging()
     # Before the model and LoRA exist, so that the same seed gives the same run (docs/upstream_differences.md #8).
     _seed(training_args)
-    records = _check_data(model_args, data_args)
+    records, eval_records = _split_for_evaluation(
+        _check_data(model_args, data_args, data_args.data_path), model_args, data_args, training_args
+    )
 
     model = load_model(model_args, training_args, attn_implementation)
     model = _prepare_for_training(model, training_args)
@@ -114,6 +125,7 @@ def run(
         )
     if training_args.bits in (4, 8):
         cast_kbit_modules(model, training_args)
+    align_trainable_dtypes(model, training_args)
 
     if training_args.packing:
         attention = getattr(model.config, "_attn_implementation", None)
@@ -121,8 +133,11 @@ def run(
             "image_feature_length": image_feature_length(model),
             "attention_cost": packing_attention_cost(model.config.hidden_size, attention),
         }
-    data_module = make_supervised_data_module(tokenizer=tokenizer, data_args=data_args, **dataset_kwargs)
+    data_module = make_supervised_data_module(
+        tokenizer=tokenizer, data_args=data_args, eval_records=eval_records, **dataset_kwargs
+    )
     trainer = LLaVATrainer(model=model, processing_class=tokenizer, args=training_args, **data_module)
+    add_eval_generation(trainer, tokenizer, training_args)
     _fit(trainer, training_args)
     _save(trainer)
     return trainer
@@ -145,14 +160,14 @@ def _seed(training_args: TrainingArguments) -> None:
         transformers.set_seed(training_args.seed)
 
 
-def _check_data(model_args: ModelArguments, data_args: DataArguments) -> list[dict]:
+def _check_data(model_args: ModelArguments, data_args: DataArguments, data_path: str) -> list[dict]:
     """Read the data and check every sample cheaply (structure, roles, image placeholders, image files exist)
     before anything heavy loads; a problem stops the run with the data checker's message (upstream #677, #732), or
     with `--skip_invalid_samples` drops the sample (logging it)."""
-    records = load_records(data_args.data_path)
+    records = load_records(data_path)
     report = validate_for_training(
         records,
-        data_path=data_args.data_path,
+        data_path=data_path,
         image_folder=data_args.image_folder,
         conv=get_conv_template(template_name(model_args.version)),
         is_multimodal=model_args.vision_tower is not None,
@@ -161,6 +176,29 @@ def _check_data(model_args: ModelArguments, data_args: DataArguments) -> list[di
         return report.drop_invalid(records, logger)
     report.enforce(logger)
     return records
+
+
+def _split_for_evaluation(
+    records: list[dict], model_args: ModelArguments, data_args: DataArguments, training_args: TrainingArguments
+) -> tuple[list[dict], Optional[list[dict]]]:
+    """(training records, evaluation records or None): `--eval_data_path` checked like the training data, or a
+    `--eval_split_ratio` share of the training data held out, chosen by `--seed` (both keep the file's order)."""
+    if data_args.eval_data_path is not None:
+        return records, _check_data(model_args, data_args, data_args.eval_data_path)
+    if data_args.eval_split_ratio <= 0:
+        return records, None
+    held_out = max(1, round(len(records) * data_args.eval_split_ratio))
+    if held_out >= len(records):
+        raise ValueError(
+            f"--eval_split_ratio {data_args.eval_split_ratio} of the {len(records)} samples in {data_args.data_path} "
+            "leaves nothing to train on; lower it or pass --eval_data_path"
+        )
+    chosen = set(random.Random(training_args.seed).sample(range(len(records)), held_out))
+    logger.info("Holding out %d of %d samples of %s for evaluation", held_out, len(records), data_args.data_path)
+    return (
+        [record for index, record in enumerate(records) if index not in chosen],
+        [record for index, record in enumerate(records) if index in chosen],
+    )
 
 
 def _prepare_for_training(model, training_args: TrainingArguments):

@@ -1,5 +1,7 @@
-"""Worker script: QLoRA (4-bit NF4, double quant) under ZeRO-3 on CPU processes - the recipe of
-docs/qlora_zero3.md, end to end.
+"""Worker script: QLoRA (4-bit NF4 with double quantization, or 8-bit) under ZeRO-3 on CPU processes, through
+the product's own path (docs/qlora_zero3.md): llava.train's TrainingArguments and `setup_distributed`, its
+quantization settings (`quantization_kwargs`), k-bit preparation, `add_lora` and `cast_kbit_modules`, and
+`LLaVATrainer`.
 
     deepspeed --num_gpus 2 qlora_zero3_smoke.py MODEL_DIR OUT_DIR [--bits 4|8] [--dtype float32|bfloat16]
         [--keep-cpu-repacking]
@@ -18,11 +20,14 @@ from pathlib import Path
 import deepspeed
 import torch
 import transformers
-from peft import prepare_model_for_kbit_training
 
-from dist_scripts.tiny_peft import RandomTokens, add_lora_and_projector
-from llava.distributed.state import get_rank, init_distributed_state
+from dist_scripts.tiny_peft import RandomTokens, attach_projector
+from llava.distributed.state import get_rank
 from llava.distributed.zero3 import disable_4bit_cpu_repacking, gather_to_cpu, get_peft_state_maybe_zero_3
+from llava.train.arguments import TrainingArguments
+from llava.train.llava_trainer import LLaVATrainer
+from llava.train.lora import add_lora, cast_kbit_modules, prepare_for_kbit_training
+from llava.train.model_setup import quantization_kwargs
 
 ZERO3_CONFIG = {
     "bf16": {"enabled": "auto"},
@@ -35,26 +40,7 @@ QUANTIZED_CLASSES = ("Params4bit", "Int8Params")
 # Two ranks x 2 sequences = the whole 4-sequence data set every step: the loss must go down.
 NUM_SEQUENCES = 4
 MAX_STEPS = 6
-
-
-def quantization_config(bits: int, dtype: torch.dtype) -> transformers.BitsAndBytesConfig:
-    if bits == 4:
-        return transformers.BitsAndBytesConfig(
-            load_in_4bit=True,
-            bnb_4bit_quant_type="nf4",
-            bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=dtype,
-            # DeepSpeed casts every floating parameter to its training dtype at initialize; packed
-            # 4-bit bytes stored in any other float dtype would be converted as numbers and destroyed.
-            bnb_4bit_quant_storage=dtype,
-            llm_int8_skip_modules=["mm_projector"],
-        )
-    return transformers.BitsAndBytesConfig(
-        load_in_8bit=True,
-        llm_int8_threshold=6.0,
-        llm_int8_has_fp16_weight=False,
-        llm_int8_skip_modules=["mm_projector"],
-    )
+LORA_RANK = 4
 
 
 def quantized_params(model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
@@ -96,12 +82,16 @@ def main() -> None:
     args = parser.parse_args()
     dtype = getattr(torch, args.dtype)
 
-    # 1. The DeepSpeed state and TrainingArguments exist before the model is loaded.
-    extra_args = init_distributed_state(ZERO3_CONFIG)
-    training_args = transformers.TrainingArguments(
+    # 1. The DeepSpeed state and the training arguments exist before the model is loaded.
+    training_args = TrainingArguments(
         output_dir=str(Path(args.out_dir) / "trainer"),
         deepspeed=ZERO3_CONFIG,
         bf16=dtype == torch.bfloat16,
+        bits=args.bits,
+        lora_enable=True,
+        lora_r=LORA_RANK,
+        lora_alpha=2 * LORA_RANK,
+        lora_dropout=0.0,
         per_device_train_batch_size=2,
         max_steps=MAX_STEPS,
         learning_rate=2e-2,
@@ -109,25 +99,27 @@ def main() -> None:
         save_strategy="no",
         report_to=[],
         gradient_checkpointing=True,
-        **extra_args,
     )
-    # 2. No device_map (ZeRO-3 refuses it). transformers skips zero.Init for quantized models, so
-    #    every rank loads the whole quantized model; the Trainer's deepspeed.initialize partitions it.
+    training_args.setup_distributed()
+    # 2. The product's quantization settings: no device_map under ZeRO-3, 4-bit storage in the training dtype.
+    #    transformers skips zero.Init for quantized models, so every rank loads the whole quantized model; the
+    #    Trainer's deepspeed.initialize partitions it.
     model = transformers.LlamaForCausalLM.from_pretrained(
-        args.model_dir, quantization_config=quantization_config(args.bits, dtype), dtype=dtype
+        args.model_dir, dtype=dtype, **quantization_kwargs(training_args)
     )
-    # 3. As upstream: k-bit preparation, then LoRA; the projector is added after LoRA, trainable.
-    model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=True)
-    model = add_lora_and_projector(model)
+    # 3. As training does: k-bit preparation, then LoRA, then the dtypes of the LoRA layers and norms. A test
+    #    projector is attached after LoRA (as LLaVA's vision modules are), trainable and not quantized.
+    model = prepare_for_kbit_training(model, training_args)
+    model = add_lora(model, training_args)
+    attach_projector(model)
+    cast_kbit_modules(model, training_args)
     model.get_base_model().model.mm_projector.to(dtype)
     loaded = {name: as_bytes(param).clone() for name, param in quantized_params(model).items()}
-    # 4. CPU only: keep bitsandbytes from repacking partitioned 4-bit weights in eval mode.
+    # 4. CPU only: keep bitsandbytes from repacking partitioned 4-bit weights in eval mode (as load_model does).
     repacking_disabled = 0 if args.keep_cpu_repacking else disable_4bit_cpu_repacking(model)
     trainable_before = {name: param.detach().clone() for name, param in model.named_parameters() if param.requires_grad}
 
-    trainer = transformers.Trainer(
-        model=model, args=training_args, train_dataset=RandomTokens(size=NUM_SEQUENCES)
-    )
+    trainer = LLaVATrainer(model=model, args=training_args, train_dataset=RandomTokens(size=NUM_SEQUENCES))
     trainer.train()
 
     quantized = quantized_params(model)

@@ -66,12 +66,18 @@ def add_lora_and_projector(model: transformers.PreTrainedModel, bias: str = "non
     """
     torch.manual_seed(seed)
     peft_model = get_peft_model(model, lora_config(bias))
-    hidden = model.config.hidden_size
+    attach_projector(peft_model)
+    return peft_model
+
+
+def attach_projector(peft_model: PeftModel) -> None:
+    """A trainable 2-layer `mm_projector` inside the wrapped model, run by a hook on the token embeddings so that it
+    is part of the forward pass and receives gradients."""
+    hidden = peft_model.get_base_model().config.hidden_size
     projector = torch.nn.Sequential(torch.nn.Linear(hidden, hidden), torch.nn.GELU(), torch.nn.Linear(hidden, hidden))
     inner = peft_model.get_base_model().model
     inner.mm_projector = projector
     inner.embed_tokens.register_forward_hook(lambda module, args, output: output + inner.mm_projector(output))
-    return peft_model
 
 
 class RandomTokens(torch.utils.data.Dataset):

@@ -8,6 +8,7 @@ import torch
 import torch.nn as nn
 from transformers import CLIPImageProcessorPil, CLIPVisionConfig, CLIPVisionModel
 
+from llava.model.hub import resolve_model_dir
 from llava.utils import quiet_transformers
 
 logger = logging.getLogger(__name__)
@@ -18,18 +19,28 @@ class CLIPVisionTower(nn.Module):
 
     With ``delay_load`` only the config is read (the weights are loaded later by ``load_model``), as when a LLaVA
     checkpoint is instantiated: its weights do not contain the tower, which lives at ``mm_vision_tower``.
+    ``vision_tower`` is a local directory or a hub id (``openai/clip-vit-large-patch14-336``); it is kept as given
+    (it is what the config records), and read from the directory it resolves to.
     """
 
     def __init__(self, vision_tower: str, args, delay_load: bool = False):
         super().__init__()
         self.is_loaded = False
         self.vision_tower_name = vision_tower
+        self._model_dir = None
         self.select_layer = args.mm_vision_select_layer
         self.select_feature = getattr(args, "mm_vision_select_feature", "patch")
         if not delay_load or getattr(args, "unfreeze_mm_vision_tower", False):
             self.load_model()
         else:
-            self.cfg_only = CLIPVisionConfig.from_pretrained(self.vision_tower_name)
+            self.cfg_only = CLIPVisionConfig.from_pretrained(self.model_dir)
+
+    @property
+    def model_dir(self):
+        """The local directory of ``vision_tower_name`` (resolved through the HF cache once)."""
+        if self._model_dir is None:
+            self._model_dir = resolve_model_dir(self.vision_tower_name, what="vision tower (--vision_tower / mm_vision_tower)")
+        return self._model_dir
 
     def load_model(self, device_map=None) -> None:
         if self.is_loaded:
@@ -37,12 +48,12 @@ class CLIPVisionTower(nn.Module):
             return
         # The PIL-backed class by name: `CLIPImageProcessor` would warn at every start that torchvision is missing
         # and fall back to this same class. It holds the settings; llava.mm_utils.preprocess_images does the work
-        # (PIL's pixels, which upstream trained on with transformers 4.37's processor, about 6x faster).
-        self.image_processor = CLIPImageProcessorPil.from_pretrained(self.vision_tower_name)
+        # (PIL's pixels, which upstream trained on with transformers 4.37's processor, about 5x faster).
+        self.image_processor = CLIPImageProcessorPil.from_pretrained(self.model_dir)
         # A CLIP checkpoint (like openai/clip-vit-large-patch14-336) also holds the text tower, which
         # CLIPVisionModel does not use; keep transformers from reporting each of those weights as unexpected.
         with quiet_transformers():
-            self.vision_tower = CLIPVisionModel.from_pretrained(self.vision_tower_name, device_map=device_map)
+            self.vision_tower = CLIPVisionModel.from_pretrained(self.model_dir, device_map=device_map)
         self.vision_tower.requires_grad_(False)
         self.is_loaded = True
 
