@@ -23,7 +23,6 @@ from types import SimpleNamespace
 
 import numpy as np
 import torch
-
 from common import Row, skipped
 
 # Dense bf16 peaks (no sparsity), FLOP/s, by a substring of the device name; other GPUs: add theirs.

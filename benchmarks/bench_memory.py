@@ -17,7 +17,6 @@ import tempfile
 from pathlib import Path
 
 import torch
-
 from common import Row
 
 SHAPES = {
@@ -56,7 +55,9 @@ def run(size: str) -> list[Row]:
                 peaks[measure, mode] = (peak - shared) / 2**30
     name = f"peak memory of a step, {count / 1e9:.2f}B params: QLoRA nf4 vs LoRA bf16"
     if torch.cuda.is_available():
-        return [Row(name, peaks["live", "qlora"], peaks["live", "lora"], "GiB", "<= 0.45x", note="max_memory_allocated")]
+        return [
+            Row(name, peaks["live", "qlora"], peaks["live", "lora"], "GiB", "<= 0.45x", note="max_memory_allocated")
+        ]
     return [
         Row(name, peaks["live", "qlora"], peaks["live", "lora"], "GiB", "<= 0.45x",
             note="CPU RSS, freed memory returned"),

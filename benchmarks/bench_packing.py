@@ -25,7 +25,6 @@ from types import SimpleNamespace
 
 import numpy as np
 import torch
-
 from common import Row
 
 logger = logging.getLogger("bench_packing")

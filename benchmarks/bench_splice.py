@@ -13,9 +13,8 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 import torch
-from torch import nn
-
 from common import Row, seconds
+from torch import nn
 
 SHAPES = {
     "tiny": dict(batch=2, image_tokens=16, max_len=64, hidden=64, vocab=1000),

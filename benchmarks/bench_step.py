@@ -14,7 +14,6 @@ import tempfile
 from pathlib import Path
 
 import torch
-
 from common import Row, paired_seconds
 
 SHAPES = {
@@ -31,7 +30,9 @@ def _clip_dir(root: Path, image_size: int) -> Path:
     config = CLIPVisionConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
                               image_size=image_size, patch_size=14)  # fmt: skip
     CLIPVisionModel(config).save_pretrained(root)
-    CLIPImageProcessor(size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}).save_pretrained(root)
+    CLIPImageProcessor(
+        size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}
+    ).save_pretrained(root)
     return root
 
 

@@ -1,10 +1,10 @@
 """Run every benchmark and print one table: each figure a ratio against a baseline measured in the same run.
 
-    python benchmarks/run.py --quick          # CPU-sized, under 10 minutes on 2 cores
-    python benchmarks/run.py --quick --json   # the same rows as JSON
-    python benchmarks/run.py --tiny           # seconds; what the smoke test runs
-    python benchmarks/run.py --only splice    # one benchmark (data, image, splice, step, packing, zero3_save, memory, gpu, eval)
-    python benchmarks/run.py --gpu            # on a GPU: the 7B-shaped LLaVA LoRA step alone, 32 layers (< 4 minutes)
+python benchmarks/run.py --quick          # CPU-sized, under 10 minutes on 2 cores
+python benchmarks/run.py --quick --json   # the same rows as JSON
+python benchmarks/run.py --tiny           # seconds; what the smoke test runs
+python benchmarks/run.py --only splice    # one benchmark (data, image, splice, step, packing, zero3_save, memory, gpu, eval)
+python benchmarks/run.py --gpu            # on a GPU: the 7B-shaped LLaVA LoRA step alone, 32 layers (< 4 minutes)
 """
 
 from __future__ import annotations

@@ -187,7 +187,7 @@ class Conversation:
             chat.append([message, None])
         return chat
 
-    def copy(self) -> "Conversation":
+    def copy(self) -> Conversation:
         """An independent copy: messages can be appended to it without touching the template."""
         return dataclasses.replace(self, messages=[[role, message] for role, message in self.messages])
 

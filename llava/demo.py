@@ -206,7 +206,14 @@ def run(output_root: Path, epochs: int = 10, num_procs: int = 2, save_steps: int
     losses = [entry["loss"] for entry in history if "loss" in entry]
     print(f"      loss {losses[0]:.3f} -> {losses[-1]:.3f} over {len(losses)} steps; curve: {curve}")
     print(f"Done in {time.monotonic() - started:.0f} s.", flush=True)
-    return {"run_dir": run_dir, "answer": answer, "colors_right": right, "files": dict(files), "losses": losses, "curve": curve}
+    return {
+        "run_dir": run_dir,
+        "answer": answer,
+        "colors_right": right,
+        "files": dict(files),
+        "losses": losses,
+        "curve": curve,
+    }
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -80,7 +80,9 @@ def resolve_conv_mode(requested: str | None, model_name: str, config: Any) -> st
         logger.info("conversation mode %s (inferred; pass --conv-mode to choose another)", inferred)
         return inferred
     if requested != inferred:
-        logger.warning("the inferred conversation mode is %s, while --conv-mode is %s; using %s", inferred, requested, requested)
+        logger.warning(
+            "the inferred conversation mode is %s, while --conv-mode is %s; using %s", inferred, requested, requested
+        )
     return requested
 
 
@@ -114,7 +116,9 @@ def insert_image_tokens(query: str, mm_use_im_start_end: bool, num_images: int =
     return re.sub(re.escape(IMAGE_PLACEHOLDER), token, query)
 
 
-def images_to_tensor(images: list[Any], image_processor: Any, model: torch.nn.Module) -> torch.Tensor | list[torch.Tensor]:
+def images_to_tensor(
+    images: list[Any], image_processor: Any, model: torch.nn.Module
+) -> torch.Tensor | list[torch.Tensor]:
     """Preprocess PIL images as the model was trained (``image_aspect_ratio``) onto its device and dtype."""
     from llava.mm_utils import process_images
 
@@ -137,4 +141,3 @@ def generation_options(
     else:
         options["do_sample"] = False
     return options
-

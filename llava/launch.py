@@ -83,7 +83,14 @@ def launch_deepspeed(
     """
     port = free_port()
     command = [
-        *deepspeed_command(), *launcher_args, "--num_gpus", str(num_procs), "--master_port", str(port), str(script), *args
+        *deepspeed_command(),
+        *launcher_args,
+        "--num_gpus",
+        str(num_procs),
+        "--master_port",
+        str(port),
+        str(script),
+        *args,
     ]
     child_env = launch_env(extra_pythonpath)
     if env:

@@ -304,7 +304,9 @@ def _projector_state(mm_hidden: int, hidden: int, seed: int, prefix: str) -> dic
     state = {}
     for index, (fan_in, fan_out) in ((0, (mm_hidden, hidden)), (2, (hidden, hidden))):
         bound = fan_in**-0.5
-        state[f"{prefix}mm_projector.{index}.weight"] = (torch.rand(fan_out, fan_in, generator=generator) * 2 - 1) * bound
+        state[f"{prefix}mm_projector.{index}.weight"] = (
+            torch.rand(fan_out, fan_in, generator=generator) * 2 - 1
+        ) * bound
         state[f"{prefix}mm_projector.{index}.bias"] = (torch.rand(fan_out, generator=generator) * 2 - 1) * bound
     return state
 
@@ -339,7 +341,9 @@ def build_pretrain(out_dir: str | Path, llm_dir: str | Path, vision_tower_dir: s
     out_dir.mkdir(parents=True, exist_ok=True)
     config = json.loads((Path(llm_dir) / "config.json").read_text())
     config.update(_mm_config_fields(Path(vision_tower_dir)))
-    config.update({"model_type": "llava_llama", "architectures": ["LlavaLlamaForCausalLM"], "tune_mm_mlp_adapter": True})
+    config.update(
+        {"model_type": "llava_llama", "architectures": ["LlavaLlamaForCausalLM"], "tune_mm_mlp_adapter": True}
+    )
     config["image_aspect_ratio"] = "square"  # pretraining runs without --image_aspect_ratio (upstream default)
     _write_json(out_dir / "config.json", config)
     torch.save(_projector_state(CLIP_HIDDEN, LLM_HIDDEN, seed + 1, "model."), out_dir / "mm_projector.bin")
@@ -390,7 +394,9 @@ def draw_image(rng: random.Random, color: str, shape: str, size: tuple[int, int]
     elif shape == "circle":
         draw.ellipse(box, fill=fill)
     elif shape == "triangle":
-        draw.polygon([(width // 2, margin_y), (margin_x, height - margin_y), (width - margin_x, height - margin_y)], fill=fill)
+        draw.polygon(
+            [(width // 2, margin_y), (margin_x, height - margin_y), (width - margin_x, height - margin_y)], fill=fill
+        )
     else:
         for x in range(0, width, 8):
             draw.rectangle((x, 0, x + 3, height), fill=fill)
@@ -467,7 +473,9 @@ def build_dataset(out_dir: str | Path, num_samples: int = 48, seed: int = 0) -> 
         path = image_folder / relative
         path.parent.mkdir(parents=True, exist_ok=True)
         draw_image(rng, color, shape, size, mode).save(path)
-        samples.append({"id": sample_id, "image": relative, "conversations": _image_conversation(rng, color, shape, rounds)})
+        samples.append(
+            {"id": sample_id, "image": relative, "conversations": _image_conversation(rng, color, shape, rounds)}
+        )
     json_path = out_dir / "llava_tiny.json"
     _write_json(json_path, samples)
     return json_path, image_folder
@@ -599,12 +607,16 @@ def _write_fp16_shards(state: dict, out_dir: Path, num_shards: int = RELEASE_SHA
     weight_map, total_size = {}, 0
     for index in range(num_shards):
         name = f"pytorch_model-{index + 1:05d}-of-{num_shards:05d}.bin"
-        shard = {key: state[key].to(torch.float16).contiguous() for key in keys[index * per_shard : (index + 1) * per_shard]}
+        shard = {
+            key: state[key].to(torch.float16).contiguous() for key in keys[index * per_shard : (index + 1) * per_shard]
+        }
         torch.save(shard, out_dir / name)
         for key, tensor in shard.items():
             weight_map[key] = name
             total_size += tensor.numel() * tensor.element_size()
-    _write_json(out_dir / "pytorch_model.bin.index.json", {"metadata": {"total_size": total_size}, "weight_map": weight_map})
+    _write_json(
+        out_dir / "pytorch_model.bin.index.json", {"metadata": {"total_size": total_size}, "weight_map": weight_map}
+    )
 
 
 def _stage_clip(staging: Path, paths: TinyPaths) -> None:
@@ -692,7 +704,10 @@ def build_hub_cache(hf_home: str | Path, paths: TinyPaths | None = None, seed: i
     wanted = {"version": HUB_BUILD_VERSION, "source": str(paths.root), "source_build": source}
     if stamp.exists() and json.loads(stamp.read_text()) == wanted:
         return hub_dir
-    stages = [(CLIP_336_REPO, lambda d: _stage_clip(d, paths)), (PROJECTOR_7B_REPO, lambda d: _stage_projector(d, paths))]
+    stages = [
+        (CLIP_336_REPO, lambda d: _stage_clip(d, paths)),
+        (PROJECTOR_7B_REPO, lambda d: _stage_projector(d, paths)),
+    ]
     stages += [(repo, lambda d, repo=repo: _stage_vicuna(d, paths, repo)) for repo in VICUNA_REPOS]
     stages += [(repo, lambda d, repo=repo: _stage_llava(d, paths, repo)) for repo in LLAVA_REPOS]
     hub_dir.mkdir(parents=True, exist_ok=True)
@@ -724,8 +739,12 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="llava-tiny", description=__doc__.split("\n\n")[0])
     parser.add_argument("root", help="directory to build into (reused when already built with the same seed)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--hub-cache", metavar="HF_HOME", default=None,
-                        help="also write a Hugging Face cache holding the models under the released repo ids")
+    parser.add_argument(
+        "--hub-cache",
+        metavar="HF_HOME",
+        default=None,
+        help="also write a Hugging Face cache holding the models under the released repo ids",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     paths = build_all(args.root, seed=args.seed)

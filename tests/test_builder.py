@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import Image
+from train_helpers import load_bin, multimodal_flags
 
 from llava.model.builder import CheckpointKind, detect_checkpoint_kind, load_pretrained_model
 from llava.model.state_files import UnsafeStateFileError
 from llava.train.train import train
-from train_helpers import load_bin, multimodal_flags
 
 pytestmark = pytest.mark.slow
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -138,9 +138,9 @@ def test_missing_pieces_are_clear_errors(lora_run, tiny, tmp_path):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     other_base = tmp_path / "other-base"
-    LlamaForCausalLM(LlamaConfig(**{**LlamaConfig.from_pretrained(tiny.llm).to_dict(), "hidden_size": 32})).save_pretrained(
-        other_base
-    )
+    LlamaForCausalLM(
+        LlamaConfig(**{**LlamaConfig.from_pretrained(tiny.llm).to_dict(), "hidden_size": 32})
+    ).save_pretrained(other_base)
     with pytest.raises(ValueError, match="is not the model this run was trained from .*hidden_size: run 64 vs base 32"):
         load_pretrained_model(output_dir, other_base, "run", device="cpu")
 

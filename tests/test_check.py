@@ -10,11 +10,11 @@ import time
 from pathlib import Path
 
 import pytest
+from train_helpers import multimodal_flags
 
 from llava.data.check import main
 from llava.data.validation import DataValidationError
 from llava.train.train import train
-from train_helpers import multimodal_flags
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

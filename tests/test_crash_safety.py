@@ -10,10 +10,10 @@ import sys
 
 import pytest
 import torch
-
 from launch import DIST_SCRIPTS, launch_env
-from llava.train.train import train
 from train_helpers import LORA_FILES, RESUME_FILES, checkpoints, files_in, load_bin, logged_losses, multimodal_flags
+
+from llava.train.train import train
 
 pytestmark = [pytest.mark.slow, pytest.mark.dist]
 STEPS, SAVE_EVERY = 6, 2

@@ -10,12 +10,12 @@ from PIL import Image
 
 from llava.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
 from llava.conversation import conv_templates
+from llava.data.dataset import DataCollatorForSupervisedDataset, LazySupervisedDataset, make_supervised_data_module
+from llava.data.preprocess import preprocess, preprocess_multimodal
+from llava.data.validation import DataValidationError
 from llava.mm_utils import expand2square, select_best_resolution
 from llava.tiny import CLIP_IMAGE_SIZE, IMAGE_GRID_PINPOINTS
 from llava.train.arguments import DataArguments
-from llava.data.validation import DataValidationError
-from llava.data.dataset import DataCollatorForSupervisedDataset, LazySupervisedDataset, make_supervised_data_module
-from llava.data.preprocess import preprocess, preprocess_multimodal
 
 
 @pytest.fixture
@@ -265,8 +265,8 @@ def test_all_problems_are_collected_into_one_error(tiny, tokenizer, tiny_image_p
     "content, error, message",
     [
         (None, FileNotFoundError, "not found; check --data_path"),
-        ("[{\"id\": 1,}]", ValueError, "not valid JSON"),
-        ("{\"id\": 1}\n{bad\n", ValueError, "line 2: not valid JSON Lines"),
+        ('[{"id": 1,}]', ValueError, "not valid JSON"),
+        ('{"id": 1}\n{bad\n', ValueError, "line 2: not valid JSON Lines"),
         ("[1, 2]", ValueError, "every record must be an object"),
     ],
 )

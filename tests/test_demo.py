@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 from PIL import Image
+from train_helpers import LORA_FILES
 
 from llava import demo
 from llava.tiny import COLORS
-from train_helpers import LORA_FILES
 
 pytestmark = [pytest.mark.slow, pytest.mark.dist]
 
@@ -32,9 +32,10 @@ def test_demo_trains_under_zero3_loads_answers_and_plots(two_runs, capsys):
     assert LORA_FILES <= set(result["files"])
     for checkpoint in ("checkpoint-200", "checkpoint-300"):
         assert {f"{checkpoint}/{name}" for name in LORA_FILES} <= set(result["files"])
-        assert f"{checkpoint}/global_step{checkpoint.split('-')[1]}/zero_pp_rank_1_mp_rank_00_optim_states.pt" in result[
-            "files"
-        ]
+        assert (
+            f"{checkpoint}/global_step{checkpoint.split('-')[1]}/zero_pp_rank_1_mp_rank_00_optim_states.pt"
+            in result["files"]
+        )
     assert not any(name.startswith("checkpoint-100/") for name in result["files"])
     assert len(result["losses"]) == EPOCHS * 240 // 8
     assert sum(result["losses"][-20:]) / 20 < sum(result["losses"][:20]) / 20 / 3

@@ -11,8 +11,8 @@ import time
 from pathlib import Path
 
 import pytest
-
 from launch import DIST_SCRIPTS, TESTS_DIR
+
 from llava import launch
 from llava.distributed import hygiene
 

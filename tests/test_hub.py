@@ -47,10 +47,30 @@ def _shard_state(directory: Path) -> dict[str, torch.Tensor]:
 @pytest.mark.parametrize(
     ("repo_id", "files"),
     [
-        (tiny_lib.LLAVA_7B_REPO, RELEASE_SHARDS | TOKENIZER_FILES | {"config.json", "pytorch_model.bin.index.json", "generation_config.json"}),
-        (tiny_lib.LLAVA_13B_REPO, RELEASE_SHARDS | TOKENIZER_FILES | {"config.json", "pytorch_model.bin.index.json", "generation_config.json"}),
-        (tiny_lib.VICUNA_7B_REPO, RELEASE_SHARDS | TOKENIZER_FILES | {"config.json", "pytorch_model.bin.index.json", "generation_config.json"}),
-        (tiny_lib.VICUNA_13B_REPO, RELEASE_SHARDS | TOKENIZER_FILES | {"config.json", "pytorch_model.bin.index.json", "generation_config.json"}),
+        (
+            tiny_lib.LLAVA_7B_REPO,
+            RELEASE_SHARDS
+            | TOKENIZER_FILES
+            | {"config.json", "pytorch_model.bin.index.json", "generation_config.json"},
+        ),
+        (
+            tiny_lib.LLAVA_13B_REPO,
+            RELEASE_SHARDS
+            | TOKENIZER_FILES
+            | {"config.json", "pytorch_model.bin.index.json", "generation_config.json"},
+        ),
+        (
+            tiny_lib.VICUNA_7B_REPO,
+            RELEASE_SHARDS
+            | TOKENIZER_FILES
+            | {"config.json", "pytorch_model.bin.index.json", "generation_config.json"},
+        ),
+        (
+            tiny_lib.VICUNA_13B_REPO,
+            RELEASE_SHARDS
+            | TOKENIZER_FILES
+            | {"config.json", "pytorch_model.bin.index.json", "generation_config.json"},
+        ),
         (tiny_lib.CLIP_336_REPO, {"config.json", "preprocessor_config.json", "pytorch_model.bin"}),
         (tiny_lib.PROJECTOR_7B_REPO, {"config.json", "mm_projector.bin"}),
     ],
@@ -72,13 +92,19 @@ def test_release_layout_matches_the_real_one(hub, tiny):
     llava_dir = resolve_model_dir(tiny_lib.LLAVA_7B_REPO)
     config = json.loads((llava_dir / "config.json").read_text())
     assert config["model_type"] == "llava" and config["architectures"] == ["LlavaLlamaForCausalLM"]
-    assert (config["torch_dtype"], config["transformers_version"], config["rope_scaling"]) == ("float16", "4.31.0", None)
+    assert (config["torch_dtype"], config["transformers_version"], config["rope_scaling"]) == (
+        "float16",
+        "4.31.0",
+        None,
+    )
     assert "mm_patch_merge_type" not in config and "rope_theta" not in config
     assert config["mm_vision_tower"] == tiny_lib.CLIP_336_REPO
     state = _shard_state(llava_dir)
     assert {tensor.dtype for tensor in state.values()} == {torch.float16}
     assert not any("vision_tower" in key for key in state)
-    assert {key for key in state if "mm_projector" in key} == {f"model.mm_projector.{i}.{p}" for i in (0, 2) for p in ("weight", "bias")}
+    assert {key for key in state if "mm_projector" in key} == {
+        f"model.mm_projector.{i}.{p}" for i in (0, 2) for p in ("weight", "bias")
+    }
     tiny_state = load_file(Path(tiny.llava) / "model.safetensors")
     assert all(torch.equal(state[key], tiny_state[key].half()) for key in tiny_state)
 
@@ -119,23 +145,43 @@ def test_a_local_directory_wins_over_a_hub_id(hub, tmp_path, monkeypatch):
 
 def test_a_file_in_a_repo_resolves(hub, tiny):
     path = resolve_file(tiny_lib.PROJECTOR_7B_FILE)
-    assert path.name == "mm_projector.bin" and path.parent.parent.parent.name.endswith(tiny_lib.PROJECTOR_7B_REPO.split("/")[1])
+    assert path.name == "mm_projector.bin" and path.parent.parent.parent.name.endswith(
+        tiny_lib.PROJECTOR_7B_REPO.split("/")[1]
+    )
     assert resolve_file(tiny.projector) == Path(tiny.projector)
 
 
 @pytest.mark.parametrize(
     ("call", "fragments"),
     [
-        (lambda: resolve_model_dir("liuhaotian/llava-v1.5-70b", what="--model-path"),
-         ["--model-path 'liuhaotian/llava-v1.5-70b'", "repo 'liuhaotian/llava-v1.5-70b'", "HF_HUB_OFFLINE=1",
-          "hf auth login", "hf download liuhaotian/llava-v1.5-70b", "or pass a local path"]),
-        (lambda: resolve_file("liuhaotian/llava-v1.5-7b/mm_projector.bin", what="--pretrain_mm_mlp_adapter"),
-         ["--pretrain_mm_mlp_adapter", "file 'mm_projector.bin' of the Hugging Face repo 'liuhaotian/llava-v1.5-7b'",
-          "hf download liuhaotian/llava-v1.5-7b mm_projector.bin", "or pass a local path"]),
-        (lambda: resolve_model_dir("liuhaotian/llava-v1.5-7b", revision="0" * 40),
-         ["revision " + "0" * 40, "hf download"]),
-        (lambda: resolve_model_dir("./checkpoints/nowhere", what="--model-base"),
-         ["--model-base './checkpoints/nowhere' does not exist", "not a local directory"]),
+        (
+            lambda: resolve_model_dir("liuhaotian/llava-v1.5-70b", what="--model-path"),
+            [
+                "--model-path 'liuhaotian/llava-v1.5-70b'",
+                "repo 'liuhaotian/llava-v1.5-70b'",
+                "HF_HUB_OFFLINE=1",
+                "hf auth login",
+                "hf download liuhaotian/llava-v1.5-70b",
+                "or pass a local path",
+            ],
+        ),
+        (
+            lambda: resolve_file("liuhaotian/llava-v1.5-7b/mm_projector.bin", what="--pretrain_mm_mlp_adapter"),
+            [
+                "--pretrain_mm_mlp_adapter",
+                "file 'mm_projector.bin' of the Hugging Face repo 'liuhaotian/llava-v1.5-7b'",
+                "hf download liuhaotian/llava-v1.5-7b mm_projector.bin",
+                "or pass a local path",
+            ],
+        ),
+        (
+            lambda: resolve_model_dir("liuhaotian/llava-v1.5-7b", revision="0" * 40),
+            ["revision " + "0" * 40, "hf download"],
+        ),
+        (
+            lambda: resolve_model_dir("./checkpoints/nowhere", what="--model-base"),
+            ["--model-base './checkpoints/nowhere' does not exist", "not a local directory"],
+        ),
     ],
 )
 def test_unresolvable_names_give_one_clear_error(hub, call, fragments):
@@ -217,19 +263,25 @@ def test_vision_tower_and_projector_from_hub_ids(hub, tiny):
     from llava.model.multimodal_encoder.builder import build_vision_tower
 
     tower = build_vision_tower(types.SimpleNamespace(mm_vision_tower=tiny_lib.CLIP_336_REPO, mm_vision_select_layer=-2))
-    reference = build_vision_tower(types.SimpleNamespace(mm_vision_tower=str(tiny.vision_tower), mm_vision_select_layer=-2))
+    reference = build_vision_tower(
+        types.SimpleNamespace(mm_vision_tower=str(tiny.vision_tower), mm_vision_select_layer=-2)
+    )
     pixels = torch.rand(1, 3, tiny_lib.CLIP_IMAGE_SIZE, tiny_lib.CLIP_IMAGE_SIZE)
     assert torch.equal(tower(pixels), reference(pixels))
     with pytest.raises(HubResolutionError, match="'openai/clip-vit-base-patch32'"):
-        build_vision_tower(types.SimpleNamespace(mm_vision_tower="openai/clip-vit-base-patch32", mm_vision_select_layer=-2))
+        build_vision_tower(
+            types.SimpleNamespace(mm_vision_tower="openai/clip-vit-base-patch32", mm_vision_select_layer=-2)
+        )
 
 
 @pytest.mark.parametrize(
     ("adapter", "problem"),
     [
         (tiny_lib.PROJECTOR_7B_FILE, None),
-        ("liuhaotian/llava-v1.5-mlp2x-336px-pretrain-vicuna-13b-v1.5/mm_projector.bin",
-         "hf download liuhaotian/llava-v1.5-mlp2x-336px-pretrain-vicuna-13b-v1.5 mm_projector.bin"),
+        (
+            "liuhaotian/llava-v1.5-mlp2x-336px-pretrain-vicuna-13b-v1.5/mm_projector.bin",
+            "hf download liuhaotian/llava-v1.5-mlp2x-336px-pretrain-vicuna-13b-v1.5 mm_projector.bin",
+        ),
         ("./checkpoints/llava-v1.5-13b-pretrain/mm_projector.bin", "does not exist; pass the mm_projector.bin"),
     ],
 )
@@ -289,7 +341,9 @@ def test_align_casts_whole_parameters_and_names_a_partitioned_one():
     assert [p.dtype for p in model.parameters()] == [torch.bfloat16] * 4 + [torch.float16] * 2  # frozen: untouched
     model[0].weight.data = model[0].weight.data.float()
     model[0].weight.ds_id = 0  # a ZeRO-3 partition cannot be cast in place
-    with pytest.raises(ValueError, match=r"partitioned by ZeRO-3 in another dtype than the run's torch.bfloat16: 0.weight"):
+    with pytest.raises(
+        ValueError, match=r"partitioned by ZeRO-3 in another dtype than the run's torch.bfloat16: 0.weight"
+    ):
         align_trainable_dtypes(model, args)
 
 
@@ -324,7 +378,9 @@ def test_merge_refuses_weights_past_the_saved_dtype(tiny, tmp_path):
     state = load_file(large / "model.safetensors")
     state["model.layers.0.mlp.down_proj.weight"][0, 0] = 1e6  # finite in fp32, inf in fp16 (max 65504)
     save_file(state, large / "model.safetensors", metadata={"format": "pt"})
-    args = argparse.Namespace(model_path=str(large), model_base=None, save_model_path=str(tmp_path / "out"), dtype="float16")
+    args = argparse.Namespace(
+        model_path=str(large), model_base=None, save_model_path=str(tmp_path / "out"), dtype="float16"
+    )
     with pytest.raises(ValueError, match=r"model.layers.0.mlp.down_proj.weight exceed the range of float16"):
         merge.merge_lora(args)
     assert not (tmp_path / "out").exists()

@@ -151,7 +151,9 @@ def test_saving_refuses_non_finite_weights(tmp_path):
 
     refuse_nonfinite({"a": torch.ones(2)}, str(tmp_path))
     with pytest.raises(NonFiniteWeightsError, match=r"not saving .*: the weights b, c hold NaN or inf"):
-        refuse_nonfinite({"a": torch.ones(2), "b": torch.tensor([float("nan")]), "c": torch.tensor([float("inf")])}, str(tmp_path))
+        refuse_nonfinite(
+            {"a": torch.ones(2), "b": torch.tensor([float("nan")]), "c": torch.tensor([float("inf")])}, str(tmp_path)
+        )
     assert not any(tmp_path.iterdir())
 
 

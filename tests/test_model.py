@@ -77,7 +77,9 @@ def _check_against_reference(model, input_ids, attention_mask, images, features,
     labels[:, :2] = IGNORE_INDEX  # a masked prefix, as the data pipeline produces
     model.config.tokenizer_padding_side = padding_side
     model.config.tokenizer_model_max_length = max_length
-    embeds, ref_labels, ref_mask = _reference(model, input_ids, attention_mask, labels, features, padding_side, max_length)
+    embeds, ref_labels, ref_mask = _reference(
+        model, input_ids, attention_mask, labels, features, padding_side, max_length
+    )
     position_ids = torch.arange(input_ids.shape[1]).expand_as(input_ids)
     with torch.no_grad():
         _, positions, mask, _, got_embeds, got_labels = model.prepare_inputs_labels_for_multimodal(
@@ -168,7 +170,9 @@ def _anyres_features(model, images, image_sizes, unpad):
             newline = model.get_model().image_newline[:, None, None].expand(-1, dense.shape[1], 1)
             tiles = torch.cat([dense, newline], dim=2).permute(1, 2, 0).reshape(-1, dense.shape[0])
         else:
-            tiles = torch.cat([grid[r, :, y, :, :].reshape(-1, grid.shape[-1]) for r in range(rows) for y in range(side)])
+            tiles = torch.cat(
+                [grid[r, :, y, :, :].reshape(-1, grid.shape[-1]) for r in range(rows) for y in range(side)]
+            )
         merged.append(torch.cat([base, tiles]))
     return merged
 

@@ -171,7 +171,7 @@ def test_tokenizer_variants_supervise_the_replies(variants, variant, template, h
 # Words that exercise the tokenizer: punctuation, digits, byte-fallback unicode, newlines, role-like words.
 WORDS = (
     "the a red square circle image shows is there one two gray background shape color "
-    "12 3.5 50% (left) right, yes! no? well: okay; quote's \"quoted\" a-b x/y #tag @at "
+    '12 3.5 50% (left) right, yes! no? well: okay; quote\'s "quoted" a-b x/y #tag @at '
     "é ü 日本 语 🙂 — … naïve USER ASSISTANT INST assistant user"
 ).split()
 
@@ -450,7 +450,9 @@ SLOW_IDS = [
 ]  # fmt: skip
 
 
-@pytest.mark.parametrize("legacy, prompt, expected", SLOW_IDS, ids=[f"legacy={flag}-{text!r}" for flag, text, _ in SLOW_IDS])
+@pytest.mark.parametrize(
+    "legacy, prompt, expected", SLOW_IDS, ids=[f"legacy={flag}-{text!r}" for flag, text, _ in SLOW_IDS]
+)
 def test_tokenizer_image_token_gives_the_slow_tokenizers_ids(tiny, legacy, prompt, expected):
     tokenizer = _load(tiny.llm, legacy=legacy)
     assert tokenizer_image_token(prompt, tokenizer) == expected

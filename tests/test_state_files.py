@@ -31,7 +31,9 @@ def test_malicious_pickle_is_refused_and_nothing_runs(tmp_path):
     bin_file, marker = tmp_path / "non_lora_trainables.bin", tmp_path / "marker"
     write_malicious_bin(bin_file, marker)
 
-    with pytest.raises(UnsafeStateFileError, match="refusing to load .*non_lora_trainables.bin.*Nothing from it was run"):
+    with pytest.raises(
+        UnsafeStateFileError, match="refusing to load .*non_lora_trainables.bin.*Nothing from it was run"
+    ):
         load_state_file(bin_file)
     assert not marker.exists()
 

@@ -13,8 +13,6 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-
-from llava.train.train import train
 from train_helpers import (
     LEARNING_RATE,
     LORA_FILES,
@@ -34,6 +32,8 @@ from train_helpers import (
     multimodal_flags,
     write_caption_data,
 )
+
+from llava.train.train import train
 
 pytestmark = pytest.mark.slow
 

@@ -54,8 +54,10 @@ def test_valid_command_line_parses(base_argv):
         (["--image_folder", "/nonexistent/images"], "--image_folder '/nonexistent/images' does not exist"),
         (["--pretrain_mm_mlp_adapter", "/nonexistent/mm_projector.bin"], "does not exist; pass the mm_projector.bin"),
         (["--lora_enable", "False", "--bits", "4"], "--bits 4 quantizes the language model"),
-        (["--lora_enable", "False", "--tune_mm_mlp_adapter", "True", "--freeze_mm_mlp_adapter", "True"],
-         "leaves nothing to train"),
+        (
+            ["--lora_enable", "False", "--tune_mm_mlp_adapter", "True", "--freeze_mm_mlp_adapter", "True"],
+            "leaves nothing to train",
+        ),
         (["--tune_mm_mlp_adapter", "True"], "drop --lora_enable for projector pretraining"),
     ],
 )

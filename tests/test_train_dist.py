@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from launch import DIST_SCRIPTS, REPO_ROOT, TESTS_DIR, free_port, launch_deepspeed, launch_env
 from train_helpers import (
     LEARNING_RATE,
@@ -62,7 +61,9 @@ def zero3_config(tmp_path_factory) -> Path:
 
 def _run_zero3(tiny, zero3_config, output_dir: Path, dump_dir: Path, **overrides) -> None:
     argv = multimodal_flags(tiny, output_dir, deepspeed=zero3_config, **overrides)
-    launch_deepspeed(DIST_SCRIPTS / "train_and_dump.py", argv, num_procs=NUM_PROCESSES, env={DUMP_DIR_ENV: str(dump_dir)})
+    launch_deepspeed(
+        DIST_SCRIPTS / "train_and_dump.py", argv, num_procs=NUM_PROCESSES, env={DUMP_DIR_ENV: str(dump_dir)}
+    )
 
 
 @pytest.fixture(scope="module")
@@ -208,7 +209,9 @@ def test_zero2_lora_with_packing(tiny, tmp_path):
     """--packing under upstream's zero2.json on 2 processes: the usual files and the packing efficiency."""
     output_dir, dump_dir = tmp_path / "out", tmp_path / "dump"
     argv = multimodal_flags(tiny, output_dir, deepspeed=REPO_ROOT / "configs" / "zero2.json", packing=True, max_steps=2)
-    launch_deepspeed(DIST_SCRIPTS / "train_and_dump.py", argv, num_procs=NUM_PROCESSES, env={DUMP_DIR_ENV: str(dump_dir)})
+    launch_deepspeed(
+        DIST_SCRIPTS / "train_and_dump.py", argv, num_procs=NUM_PROCESSES, env={DUMP_DIR_ENV: str(dump_dir)}
+    )
     assert files_in(output_dir) == LORA_FILES | {"trainer_state.json"}
     log_history = json.loads((output_dir / "trainer_state.json").read_text())["log_history"]
     assert sorted(logged_losses(log_history)) == [1, 2]

@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 import torch
 import transformers
+from dist_scripts.tiny_peft import LORA_TARGETS, NUM_LAYERS, add_lora_and_projector, save_tiny_llama
+from launch import DIST_SCRIPTS, REPO_ROOT, TESTS_DIR, launch_deepspeed
 from peft import PeftModel
 from safetensors.torch import load_file
 
-from dist_scripts.tiny_peft import LORA_TARGETS, NUM_LAYERS, add_lora_and_projector, save_tiny_llama
-from launch import DIST_SCRIPTS, REPO_ROOT, TESTS_DIR, launch_deepspeed
 from llava.distributed import state as distributed
 from llava.distributed.zero3 import (
     gather_to_cpu,
@@ -329,9 +329,7 @@ def test_zero3_helpers_keep_persistent_parameters_whole(model_dir: Path, tmp_pat
         # 10 x hidden (320): the LoRA tensors, biases and norms; not the 32x32 and larger weights.
         assert len(persistent) == 27 and LORA_KEYS < persistent
         assert record["available_after"] == record["available_before"]
-        gathered_per_call = [
-            sum(key not in persistent for key in record["after"][state]) for state in HELPER_STATES
-        ]
+        gathered_per_call = [sum(key not in persistent for key in record["after"][state]) for state in HELPER_STATES]
         assert gathered_per_call == [0, 0, 0, 2, 18, 2]
         assert record["sizes_default"] == [2, 18, 2]  # calls with nothing to gather open no context
         for state in HELPER_STATES:

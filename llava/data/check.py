@@ -74,8 +74,7 @@ _worker: dict = {}
 def _init_worker(model_name_or_path: str, version: str, model_max_length: int, image_tokens: int) -> None:
     from transformers import AutoTokenizer
 
-    from llava.conversation import get_conv_template
-    from llava.conversation import template_name
+    from llava.conversation import get_conv_template, template_name
 
     tokenizer = AutoTokenizer.from_pretrained(model_name_or_path, model_max_length=model_max_length)
     if tokenizer.pad_token is None:
@@ -156,8 +155,7 @@ def image_tokens_per_image(model_name_or_path: str | None, vision_tower: str | N
 
 
 def run_check(args: argparse.Namespace) -> tuple[Report, Statistics, dict]:
-    from llava.conversation import get_conv_template
-    from llava.conversation import template_name
+    from llava.conversation import get_conv_template, template_name
     from llava.data.records import load_records
 
     progress = _progress_factory(args.json)
@@ -181,7 +179,9 @@ def run_check(args: argparse.Namespace) -> tuple[Report, Statistics, dict]:
         info.update(image_tokens=image_tokens, image_tokens_source=source)
         init_args = (args.model_name_or_path, args.version, args.model_max_length, image_tokens)
         tokenize_progress = lambda it, **kw: progress(it, desc="tokenize", **kw)  # noqa: E731
-        for index, tokens, supervised, kept in _tokenize_all(candidates, init_args, args.num_workers, tokenize_progress):
+        for index, tokens, supervised, kept in _tokenize_all(
+            candidates, init_args, args.num_workers, tokenize_progress
+        ):
             stats.tokenized += 1
             stats.tokens.append(tokens)
             stats.supervised += kept

@@ -21,11 +21,11 @@ from torch.utils.data import Dataset
 from llava import conversation as conversation_lib
 from llava.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
 from llava.conversation import Conversation
-from llava.mm_utils import process_images
-from llava.utils import one_torch_thread
-from llava.data.validation import Report, check_records, sample_id
 from llava.data.preprocess import preprocess, preprocess_multimodal
 from llava.data.records import load_records
+from llava.data.validation import Report, check_records, sample_id
+from llava.mm_utils import process_images
+from llava.utils import one_torch_thread
 
 logger = logging.getLogger(__name__)
 

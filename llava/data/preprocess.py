@@ -258,7 +258,7 @@ def _render_plain(source: Source, conv: Conversation) -> list[Segment]:
             STRUCTURE,
             "the 'plain' template (projector pretraining) needs exactly two turns, the first containing "
             f"'{DEFAULT_IMAGE_TOKEN}' and the second the caption; this sample has {len(source)} turn(s)"
-            + (f" and no '{DEFAULT_IMAGE_TOKEN}' in the first" if len(source) == 2 else "")
+            + (f" and no '{DEFAULT_IMAGE_TOKEN}' in the first" if len(source) == 2 else ""),
         )
     return [Segment(DEFAULT_IMAGE_TOKEN, False), Segment(source[1]["value"] + conv.sep, True)]
 

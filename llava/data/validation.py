@@ -194,9 +194,7 @@ def check_records(records: Sequence, *, conv: Conversation, is_multimodal: bool)
         if isinstance(record, dict) and "id" in record:
             ident = str(record["id"])
             if ident in seen:
-                problems.append(
-                    Problem(index, ident, DUPLICATE_ID, f"the id is used by record {seen[ident]} too")
-                )
+                problems.append(Problem(index, ident, DUPLICATE_ID, f"the id is used by record {seen[ident]} too"))
             else:
                 seen[ident] = index
     return problems
@@ -236,7 +234,9 @@ def check_image_files(
                 with Image.open(path) as image:
                     image.verify()
             except Exception as error:  # PIL raises many types for broken files
-                return Problem(index, sample_id(record, index), UNREADABLE_IMAGE, f"image {path!r} cannot be read ({error})")
+                return Problem(
+                    index, sample_id(record, index), UNREADABLE_IMAGE, f"image {path!r} cannot be read ({error})"
+                )
         return None
 
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:

@@ -95,9 +95,7 @@ def get_peft_state_maybe_zero_3(
         # upstream iterated a dict as (key, value) pairs and crashed (docs/upstream_differences.md #7); it also looked for
         # `<module>.bias`, which PEFT >= 0.7 renamed to `<module>.base_layer.bias`.
         lora_modules = {_lora_module(k) for k in lora}
-        selected = {
-            k: t for k, t in named.items() if k in lora or (_is_bias(k) and _bias_owner(k) in lora_modules)
-        }
+        selected = {k: t for k, t in named.items() if k in lora or (_is_bias(k) and _bias_owner(k) in lora_modules)}
     else:
         raise ValueError(f"lora_bias must be one of 'none', 'all', 'lora_only'; got {bias!r}.")
     return _gather_to_cpu(selected, bucket_bytes, warn_inflight=False)
@@ -206,9 +204,7 @@ def _gather_to_cpu(named: dict[str, torch.Tensor], bucket_bytes: int, warn_infli
     return {name: copies[name] for name in named}
 
 
-def _buckets(
-    named: list[tuple[str, torch.Tensor]], bucket_bytes: int
-) -> Iterator[list[tuple[str, torch.Tensor]]]:
+def _buckets(named: list[tuple[str, torch.Tensor]], bucket_bytes: int) -> Iterator[list[tuple[str, torch.Tensor]]]:
     """Consecutive groups whose full sizes sum to at most `bucket_bytes` (a larger tensor goes alone).
 
     Sizes come from `ds_numel` (the full element count), identical on every rank, so every rank

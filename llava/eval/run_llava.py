@@ -62,7 +62,9 @@ def eval_model(args: argparse.Namespace) -> str:
 
     model_name = get_model_name_from_path(args.model_path)
     device = getattr(args, "device", None) or default_device()
-    tokenizer, model, image_processor, _ = load_pretrained_model(args.model_path, args.model_base, model_name, device=device)
+    tokenizer, model, image_processor, _ = load_pretrained_model(
+        args.model_path, args.model_base, model_name, device=device
+    )
     if image_processor is None:
         raise ValueError(f"{args.model_path} is a language model without a vision tower; it cannot look at images")
 

@@ -257,9 +257,7 @@ def _load_complete_model(model_dir: Path, options: dict[str, Any]) -> _Loaded:
     import llava.model  # noqa: F401  (registers llava_llama with the Auto classes)
 
     config = load_checkpoint_config(model_dir)
-    model, info = AutoModelForCausalLM.from_pretrained(
-        model_dir, config=config, output_loading_info=True, **options
-    )
+    model, info = AutoModelForCausalLM.from_pretrained(model_dir, config=config, output_loading_info=True, **options)
     if info["missing_keys"]:
         raise ValueError(
             f"{model_dir} is incomplete: no weights for {_preview(info['missing_keys'])}. Re-save the model, or if "
@@ -313,7 +311,9 @@ def _load_base(
             f"{_preview([key for key, *_ in info['mismatched_keys']])}. Pass the --model-base the run was trained from"
         )
     if run_vocab_size != base_config.vocab_size:
-        logger.info("resizing embeddings from the base's %d to the run's %d tokens", base_config.vocab_size, run_vocab_size)
+        logger.info(
+            "resizing embeddings from the base's %d to the run's %d tokens", base_config.vocab_size, run_vocab_size
+        )
         model.resize_token_embeddings(run_vocab_size)
         model.config.vocab_size = run_vocab_size
     return model, list(info["missing_keys"])
@@ -484,7 +484,9 @@ def _run_config_file(run_dir: Path) -> Path | None:
 
 
 def _missing_base_message(model_path: Path, kind: CheckpointKind) -> str:
-    held = f"a LoRA adapter ({ADAPTER_CONFIG_FILE})" if kind is CheckpointKind.LORA else f"a projector ({PROJECTOR_FILE})"
+    held = (
+        f"a LoRA adapter ({ADAPTER_CONFIG_FILE})" if kind is CheckpointKind.LORA else f"a projector ({PROJECTOR_FILE})"
+    )
     return (
         f"{model_path} holds {held}, not a complete model: pass the model it was trained over as model_base "
         "(--model-base), e.g. the --model_name_or_path used for training"

@@ -293,7 +293,9 @@ class LlavaMetaForCausalLM(ABC):
         image_index = torch.where(is_image, first_image[:, None] + torch.cumsum(is_image, dim=1) - 1, 0)
 
         # Output length of every input position, and where it starts in its (unpadded) output row.
-        token_length = torch.where(is_image, feature_lengths[image_index.clamp(max=max(num_images - 1, 0))], keep.long())
+        token_length = torch.where(
+            is_image, feature_lengths[image_index.clamp(max=max(num_images - 1, 0))], keep.long()
+        )
         start = torch.cumsum(token_length, dim=1) - token_length
         row_length = token_length.sum(dim=1)
         max_length = getattr(self.config, "tokenizer_model_max_length", None)

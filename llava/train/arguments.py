@@ -42,6 +42,7 @@ CPU_ACCELERATOR_CONFIG = {"use_configured_state": True}
 # Projector names understood by llava.model.multimodal_projector.builder.build_vision_projector.
 PROJECTOR_TYPE_PATTERN = re.compile(r"linear|identity|mlp(\d+)x_gelu")
 
+
 @dataclass
 class ModelArguments:
     model_name_or_path: Optional[str] = field(
@@ -73,7 +74,8 @@ class ModelArguments:
         },
     )
     mm_projector_type: Optional[str] = field(
-        default="linear", metadata={"help": "Projector: 'linear', 'mlp<N>x_gelu' (LLaVA-1.5: mlp2x_gelu) or 'identity'."}
+        default="linear",
+        metadata={"help": "Projector: 'linear', 'mlp<N>x_gelu' (LLaVA-1.5: mlp2x_gelu) or 'identity'."},
     )
     mm_use_im_start_end: bool = field(
         default=False, metadata={"help": "Wrap the image with <im_start>/<im_end> tokens."}
@@ -103,7 +105,9 @@ class DataArguments:
     )
     image_grid_pinpoints: Optional[str] = field(
         default=None,
-        metadata={"help": "For anyres: candidate resolutions as a list literal, e.g. '[[336,672],[672,336],[672,672]]'."},
+        metadata={
+            "help": "For anyres: candidate resolutions as a list literal, e.g. '[[336,672],[672,336],[672,672]]'."
+        },
     )
     skip_invalid_samples: bool = field(
         default=False,
@@ -140,7 +144,9 @@ class TrainingArguments(transformers.TrainingArguments):
     quant_type: QuantType = field(
         default="nf4", metadata={"help": "Quantization data type to use. Should be one of `fp4` or `nf4`."}
     )
-    bits: QuantBits = field(default=16, metadata={"help": "How many bits to use: 16 (no quantization), 8 or 4 (QLoRA)."})
+    bits: QuantBits = field(
+        default=16, metadata={"help": "How many bits to use: 16 (no quantization), 8 or 4 (QLoRA)."}
+    )
     eval_generation_samples: int = field(
         default=0,
         metadata={"help": "At each evaluation, answer the first K evaluation samples into eval_generations.jsonl."},
@@ -294,7 +300,6 @@ def _as_dict(accelerator_config) -> dict:
     if isinstance(accelerator_config, dict):
         return dict(accelerator_config)
     if isinstance(accelerator_config, str):
-
         if accelerator_config.lstrip().startswith("{"):
             return json.loads(accelerator_config)
         with open(accelerator_config) as file:
@@ -311,9 +316,7 @@ def parse_args(
     """
     parser = transformers.HfArgumentParser((ModelArguments, DataArguments, TrainingArguments))
     _leave_choices_to_validation(parser)
-    model_args, data_args, training_args = parser.parse_args_into_dataclasses(
-        args=None if argv is None else list(argv)
-    )
+    model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=None if argv is None else list(argv))
     validate_args(model_args, data_args, training_args)
     return model_args, data_args, training_args
 
@@ -447,16 +450,22 @@ def _check_combinations(
     if data_args.image_aspect_ratio == "anyres" and data_args.image_grid_pinpoints is None:
         problems.append("--image_aspect_ratio anyres needs --image_grid_pinpoints (candidate resolutions).")
     if training_args.packing and data_args.image_aspect_ratio == "anyres" and model_args.vision_tower is not None:
-        problems.append("--packing fills rows by the spliced length, which anyres images vary per image; use "
-                        "--image_aspect_ratio pad or square, or drop --packing.")
+        problems.append(
+            "--packing fills rows by the spliced length, which anyres images vary per image; use "
+            "--image_aspect_ratio pad or square, or drop --packing."
+        )
     if model_args.vision_tower is None and model_args.pretrain_mm_mlp_adapter is not None:
         problems.append("--pretrain_mm_mlp_adapter needs --vision_tower (the projector maps its features).")
     if training_args.mm_projector_lr is not None and model_args.vision_tower is None:
-        problems.append("--mm_projector_lr sets the projector's learning rate, but there is no projector without "
-                        "--vision_tower; drop it or add --vision_tower.")
+        problems.append(
+            "--mm_projector_lr sets the projector's learning rate, but there is no projector without "
+            "--vision_tower; drop it or add --vision_tower."
+        )
     if quantized and model_args.tune_mm_mlp_adapter:
-        problems.append(f"--bits {training_args.bits} with --tune_mm_mlp_adapter: projector pretraining trains only "
-                        "the full-precision projector, quantizing the frozen model gains nothing; drop --bits.")
+        problems.append(
+            f"--bits {training_args.bits} with --tune_mm_mlp_adapter: projector pretraining trains only "
+            "the full-precision projector, quantizing the frozen model gains nothing; drop --bits."
+        )
     problems += _missing_packages(training_args)
     return problems
 
@@ -474,7 +483,9 @@ def _check_evaluation(data_args: DataArguments, training_args: TrainingArguments
             f"{training_args.eval_generation_samples} and {training_args.eval_generation_max_new_tokens}."
         )
     if training_args.eval_generation_samples > 0 and not has_eval_data:
-        problems.append("--eval_generation_samples answers evaluation samples: pass --eval_data_path or --eval_split_ratio.")
+        problems.append(
+            "--eval_generation_samples answers evaluation samples: pass --eval_data_path or --eval_split_ratio."
+        )
     strategy = getattr(training_args.eval_strategy, "value", training_args.eval_strategy)
     if strategy != "no" and not has_eval_data:
         problems.append(

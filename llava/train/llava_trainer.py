@@ -121,9 +121,7 @@ def get_modality_length_grouped_indices(
 
     megabatch_size = world_size * batch_size
     mm_order = [mm_indices[i] for i in get_length_grouped_indices(mm_lengths, batch_size, world_size, generator)]
-    lang_order = [
-        lang_indices[i] for i in get_length_grouped_indices(lang_lengths, batch_size, world_size, generator)
-    ]
+    lang_order = [lang_indices[i] for i in get_length_grouped_indices(lang_lengths, batch_size, world_size, generator)]
     mm_megabatches = [mm_order[i : i + megabatch_size] for i in range(0, len(mm_order), megabatch_size)]
     lang_megabatches = [lang_order[i : i + megabatch_size] for i in range(0, len(lang_order), megabatch_size)]
 
@@ -445,7 +443,6 @@ class LLaVATrainer(Trainer):
         staging_root = getattr(self, "_staging_root", None)
         return staging_root if staging_root is not None else super()._get_output_dir(trial)
 
-
     def _load_best_model(self) -> None:
         """`load_best_model_at_end` for LoRA and projector runs: transformers reloads only the adapter of a PEFT
         model, which would leave the last step's projector next to the best step's LoRA weights. Under DeepSpeed the
@@ -502,9 +499,9 @@ class _LabelCounts:
         else:
             tokens = attention_mask.sum() if attention_mask is not None else torch.tensor(labels.numel())
             zero = torch.zeros((), device=device)
-            batch = torch.stack(
-                [supervised.sum(), tokens.to(device), (~supervised.any(dim=-1)).sum(), zero, zero]
-            ).to(torch.float64)
+            batch = torch.stack([supervised.sum(), tokens.to(device), (~supervised.any(dim=-1)).sum(), zero, zero]).to(
+                torch.float64
+            )
         self._counts = batch if self._counts is None else self._counts + batch
 
     def totals(self, accelerator) -> dict[str, float]:

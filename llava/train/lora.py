@@ -47,9 +47,7 @@ def prepare_for_kbit_training(model: nn.Module, training_args) -> nn.Module:
     from peft import prepare_model_for_kbit_training
 
     model.config.dtype = torch.bfloat16 if training_args.bf16 else torch.float32
-    return prepare_model_for_kbit_training(
-        model, use_gradient_checkpointing=training_args.gradient_checkpointing
-    )
+    return prepare_model_for_kbit_training(model, use_gradient_checkpointing=training_args.gradient_checkpointing)
 
 
 def enable_input_grads(model: nn.Module) -> None:
@@ -81,7 +79,9 @@ def add_lora(model: nn.Module, training_args) -> nn.Module:
     logger.info("Adding LoRA adapters (r=%d) to %s", training_args.lora_r, ", ".join(targets))
     with warnings.catch_warnings():
         # PEFT 0.21 reads `is_gradient_checkpointing`, which transformers 5 deprecates (FutureWarning per rank).
-        warnings.filterwarnings("ignore", message=r".*`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        warnings.filterwarnings(
+            "ignore", message=r".*`is_gradient_checkpointing` is deprecated", category=FutureWarning
+        )
         return get_peft_model(model, config)
 
 

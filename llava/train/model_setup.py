@@ -243,7 +243,7 @@ def align_trainable_dtypes(model: nn.Module, training_args: TrainingArguments) -
         raise ValueError(
             f"trainable parameters partitioned by ZeRO-3 in another dtype than the run's "
             f"{compute_dtype(training_args)}: {', '.join(wrong[:5])}; check that --bf16 / --fp16 match the DeepSpeed "
-            "config's bf16 / fp16 sections (\"auto\" follows the flags)"
+            'config\'s bf16 / fp16 sections ("auto" follows the flags)'
         )
     dtypes = sorted({str(p.dtype) for p in model.parameters() if p.requires_grad})
     logger.info("Trainable parameters in %s; weights loaded in %s", ", ".join(dtypes) or "-", load_dtype(training_args))

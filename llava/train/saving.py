@@ -88,9 +88,7 @@ def save_lora_outputs(model: nn.Module, output_dir: str, lora_bias: str, is_main
     save_config(model.config, output_dir)
     # .bin as upstream (the loader and upstream's tools read adapter_model.bin); PEFT strips the adapter name.
     # The embedding layers are never part of the adapter: when they train, they are in non_lora_trainables.bin.
-    model.save_pretrained(
-        output_dir, state_dict=adapter_state, safe_serialization=False, save_embedding_layers=False
-    )
+    model.save_pretrained(output_dir, state_dict=adapter_state, safe_serialization=False, save_embedding_layers=False)
     compat.adapter_config_for_old_peft(output_dir)  # upstream's loader runs peft 0.10
     torch.save(non_lora_state, os.path.join(output_dir, NON_LORA_TRAINABLES_FILE))
     logger.info(
@@ -159,7 +157,9 @@ def _load_tensors(path: str) -> dict[str, torch.Tensor]:
             f"{path} is missing, so the checkpoint cannot be resumed; delete the incomplete checkpoint folder "
             "to resume from the one before it."
         )
-    return load_state_file(path)  # weights_only: a .bin must not be able to run code when loaded (docs/upstream_differences.md #9)
+    return load_state_file(
+        path
+    )  # weights_only: a .bin must not be able to run code when loaded (docs/upstream_differences.md #9)
 
 
 def _load_into(model: nn.Module, state: dict[str, torch.Tensor], path: str) -> None:

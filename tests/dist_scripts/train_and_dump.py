@@ -17,9 +17,9 @@ from pathlib import Path
 
 import torch
 
+from llava.distributed.zero3 import gather_to_cpu
 from llava.train.train import train
 from llava.train.train_mem import select_attn_implementation
-from llava.distributed.zero3 import gather_to_cpu
 
 DUMP_DIR_ENV = "LLAVA_TEST_DUMP_DIR"
 LAYOUT_OF = ("lora_A", "mm_projector.0.weight", "patch_embedding.weight", "q_proj.base_layer.weight")

@@ -39,7 +39,9 @@ class CLIPVisionTower(nn.Module):
     def model_dir(self):
         """The local directory of ``vision_tower_name`` (resolved through the HF cache once)."""
         if self._model_dir is None:
-            self._model_dir = resolve_model_dir(self.vision_tower_name, what="vision tower (--vision_tower / mm_vision_tower)")
+            self._model_dir = resolve_model_dir(
+                self.vision_tower_name, what="vision tower (--vision_tower / mm_vision_tower)"
+            )
         return self._model_dir
 
     def load_model(self, device_map=None) -> None:
