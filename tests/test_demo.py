@@ -45,9 +45,10 @@ def test_demo_trains_under_zero3_loads_answers_and_plots(two_runs, capsys):
 
 
 def test_demo_learned_colours_it_never_saw(two_runs):
-    """More unseen squares named with their colour than chance (1 in 8) would give."""
+    """Clearly more unseen squares named with their colour than chance (1 in 8) would give: at least 3 of 8 (the
+    default run names 7)."""
     result, _ = two_runs[0]
-    assert result["colors_right"] >= 2, result["colors_right"]
+    assert result["colors_right"] >= 3, result["colors_right"]
     assert result["colors_right"] <= len(COLORS)
 
 
