@@ -19,6 +19,8 @@ from types import SimpleNamespace
 
 import torch
 
+from llava.distributed.state import shutdown
+
 
 def main() -> None:
     import bitsandbytes  # noqa: F401  (imported by both variants, so that it counts as shared)
@@ -98,3 +100,4 @@ def _malloc_trim() -> None:
 
 if __name__ == "__main__":
     main()
+    shutdown()

@@ -18,6 +18,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from llava.distributed.state import shutdown
+
 HIDDEN, INTERMEDIATE, RANK, VISION_HIDDEN = 4096, 11008, 128, 1024
 PROJECTIONS = {  # name: (in_features, out_features)
     "self_attn.q_proj": (HIDDEN, HIDDEN), "self_attn.k_proj": (HIDDEN, HIDDEN), "self_attn.v_proj": (HIDDEN, HIDDEN),
@@ -90,3 +92,4 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+    shutdown()

@@ -149,6 +149,16 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def shutdown() -> None:
+    """Tear the process group down before the interpreter exits (entry points and workers call this last).
+
+    Left to interpreter teardown, the communication threads of a 2-process CPU job now and then abort a worker that
+    has finished its work ("terminate called without an active exception"), failing the whole launch.
+    """
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
 def get_rank() -> int:
     """Global rank of this process: 0 when not distributed."""
     if torch.distributed.is_available() and torch.distributed.is_initialized():

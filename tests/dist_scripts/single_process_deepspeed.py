@@ -16,7 +16,14 @@ from accelerate import PartialState
 from accelerate.utils import DistributedType
 
 from dist_scripts.tiny_peft import RandomTokens, add_lora_and_projector
-from llava.distributed.state import get_rank, get_world_size, init_distributed_state, is_main_process, is_zero3_enabled
+from llava.distributed.state import (
+    get_rank,
+    get_world_size,
+    init_distributed_state,
+    is_main_process,
+    is_zero3_enabled,
+    shutdown,
+)
 
 ZERO3_CONFIG = {
     "train_micro_batch_size_per_gpu": "auto",
@@ -63,3 +70,4 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+    shutdown()
