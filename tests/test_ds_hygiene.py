@@ -134,3 +134,35 @@ def test_orphaned_segments_go_mapped_and_young_ones_stay(tmp_path):
             holder.wait(timeout=60)
         for path in (orphan, young, mapped):
             path.unlink(missing_ok=True)
+
+
+# An entry point's end: exit handlers run, buffered output is flushed, the code is kept, and after `os._exit` no
+# Python code runs any more (the `__del__` of a module global would run at a normal interpreter exit).
+EXIT_PROCESS = """
+import atexit, logging, sys
+from pathlib import Path
+from llava.distributed.state import exit_process
+
+class Finaliser:
+    def __del__(self):
+        Path(sys.argv[1], "finalised").write_text("yes")
+
+keep = Finaliser()
+atexit.register(lambda: Path(sys.argv[1], "atexit").write_text("ran"))
+logging.basicConfig(stream=sys.stderr, level=logging.INFO)
+logging.getLogger("entry").info("logged before exit")
+sys.stdout.write("buffered, no newline")
+exit_process(int(sys.argv[2]))
+"""
+
+
+@pytest.mark.parametrize("code", [0, 3])
+def test_exit_process_runs_exit_handlers_flushes_and_skips_teardown(tmp_path, code):
+    result = subprocess.run(
+        [sys.executable, "-c", EXIT_PROCESS, str(tmp_path), str(code)], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == code
+    assert result.stdout == "buffered, no newline"
+    assert "INFO:entry:logged before exit" in result.stderr
+    assert (tmp_path / "atexit").read_text() == "ran"
+    assert not (tmp_path / "finalised").exists()

@@ -193,3 +193,20 @@ def test_parsing_is_pure_and_setup_distributed_makes_the_state(base_argv):
     assert states["after_setup"] == {
         "process_group": True, "accelerate_state": True, "zero3": True, "world_size": 1, "device": "cpu",
     }  # fmt: skip
+
+
+@pytest.mark.parametrize("form", ["none", "json", "file"])
+def test_deepspeed_on_cpu_keeps_the_users_accelerator_config(base_argv, tmp_path, form):
+    """On CPU, DeepSpeed needs `use_configured_state`; the user's own accelerator settings stay."""
+    user = '{"even_batches": false}'
+    if form == "file":
+        (tmp_path / "accelerator.json").write_text(user)
+    extra = {
+        "none": [],
+        "json": ["--accelerator_config", user],
+        "file": ["--accelerator_config", str(tmp_path / "accelerator.json")],
+    }
+    _, _, training_args = parse_args(base_argv + ["--deepspeed", "configs/zero3.json", *extra[form]])
+    config = training_args.accelerator_config
+    assert config.use_configured_state is True
+    assert config.even_batches is (form == "none")

@@ -14,13 +14,15 @@ on CPU processes (tests, laptops). See docs/qlora_zero3.md.
 
 from __future__ import annotations
 
+import atexit
 import copy
 import logging
 import os
 import socket
+import sys
 import warnings
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 
@@ -150,13 +152,32 @@ def free_port() -> int:
 
 
 def shutdown() -> None:
-    """Tear the process group down before the interpreter exits (entry points and workers call this last).
-
-    Left to interpreter teardown, the communication threads of a 2-process CPU job now and then abort a worker that
-    has finished its work ("terminate called without an active exception"), failing the whole launch.
-    """
+    """Tear the process group down in step: wait for every rank (rank 0 may still be writing files), then destroy it."""
     if torch.distributed.is_available() and torch.distributed.is_initialized():
+        if torch.distributed.get_world_size() > 1:
+            torch.distributed.barrier()
         torch.distributed.destroy_process_group()
+
+
+def exit_process(code: int = 0) -> NoReturn:
+    """End an entry point that finished its work: `shutdown()`, the interpreter's exit handlers, flushed streams, then
+    `os._exit(code)`, which skips the C++ teardown of torch's and DeepSpeed's communication threads.
+
+    Left to a normal interpreter exit, a finished 2-process CPU worker now and then aborted in one of those background
+    threads while the interpreter was finalising ("terminate called without an active exception", then "Fatal Python
+    error: Aborted" with no Python frame), failing a job whose files were all written (docs/upstream_differences.md,
+    "Facts"). Exit handlers still run (`atexit`: logging, wandb, tempfile cleanup), so nothing a user sees changes.
+    """
+    shutdown()
+    try:
+        atexit._run_exitfuncs()
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):  # a closed or broken pipe: nothing left to flush into
+                pass
+        os._exit(code)
 
 
 def get_rank() -> int:

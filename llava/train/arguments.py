@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import ast
 import importlib.util
-import json
 import logging
 import os
 import re
@@ -38,7 +37,6 @@ LITERAL_FIELDS = frozenset(
     {"image_aspect_ratio", "lora_bias", "bits", "quant_type", "mm_vision_select_feature", "mm_patch_merge_type"}
 )
 # Makes transformers reuse the DeepSpeed state `setup_distributed` builds on CPU instead of building its own.
-CPU_ACCELERATOR_CONFIG = {"use_configured_state": True}
 # Projector names understood by llava.model.multimodal_projector.builder.build_vision_projector.
 PROJECTOR_TYPE_PATTERN = re.compile(r"linear|identity|mlp(\d+)x_gelu")
 
@@ -212,6 +210,11 @@ class TrainingArguments(transformers.TrainingArguments):
         finally:
             self.deepspeed = deepspeed
             self._parsing = False
+        if self.deepspeed and not torch.cuda.is_available():
+            # DeepSpeed on CPU runs on the accelerate state `setup_distributed` creates (docs/upstream_differences.md,
+            # facts): transformers must reuse it instead of building a plain multi-CPU one. By now transformers has
+            # read --accelerator_config (a dict, JSON text or a file) into its AcceleratorConfig.
+            self.accelerator_config.use_configured_state = True
         self._drop_missing_reporters()
 
     @property
@@ -277,10 +280,6 @@ class TrainingArguments(transformers.TrainingArguments):
         if self.bf16 or self.deepspeed:
             # transformers refuses bf16 on CPU unless told the run is meant for the CPU; DeepSpeed's CPU state too.
             self.use_cpu = True
-        if self.deepspeed:
-            # DeepSpeed on CPU runs on the accelerate state `setup_distributed` creates (docs/upstream_differences.md,
-            # facts): transformers must reuse it instead of building a plain multi-CPU one.
-            self.accelerator_config = {**_as_dict(self.accelerator_config), **CPU_ACCELERATOR_CONFIG}
 
     def _drop_missing_reporters(self) -> None:
         """Drop `--report_to wandb` (upstream's scripts pass it) when wandb is not installed, with one warning."""
@@ -292,19 +291,6 @@ class TrainingArguments(transformers.TrainingArguments):
                 stacklevel=3,
             )
             self.report_to = [name for name in self.report_to if name not in missing]
-
-
-def _as_dict(accelerator_config) -> dict:
-    if accelerator_config is None:
-        return {}
-    if isinstance(accelerator_config, dict):
-        return dict(accelerator_config)
-    if isinstance(accelerator_config, str):
-        if accelerator_config.lstrip().startswith("{"):
-            return json.loads(accelerator_config)
-        with open(accelerator_config) as file:
-            return json.load(file)
-    return accelerator_config.to_dict()
 
 
 def parse_args(

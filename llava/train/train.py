@@ -32,7 +32,7 @@ from llava.data.preprocess import (
 )
 from llava.data.records import load_records
 from llava.data.validation import validate_for_training
-from llava.distributed.state import is_main_process, shutdown
+from llava.distributed.state import exit_process, is_main_process
 from llava.distributed.zero3 import (
     get_mm_adapter_state_maybe_zero_3,
     get_peft_state_maybe_zero_3,
@@ -236,4 +236,4 @@ def _save(trainer: LLaVATrainer) -> None:
 
 if __name__ == "__main__":
     train()
-    shutdown()
+    exit_process()

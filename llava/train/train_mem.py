@@ -6,7 +6,7 @@ Upstream hard-codes flash-attention-2 and fails where it is not installed (upstr
 
 from __future__ import annotations
 
-from llava.distributed.state import shutdown
+from llava.distributed.state import exit_process
 from llava.model.attention import select_attn_implementation
 from llava.train.train import train
 
@@ -14,4 +14,4 @@ __all__ = ["select_attn_implementation", "train"]
 
 if __name__ == "__main__":
     train(attn_implementation=select_attn_implementation())
-    shutdown()
+    exit_process()

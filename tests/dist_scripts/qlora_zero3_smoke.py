@@ -22,7 +22,7 @@ import torch
 import transformers
 
 from dist_scripts.tiny_peft import RandomTokens, attach_projector
-from llava.distributed.state import get_rank, shutdown
+from llava.distributed.state import exit_process, get_rank
 from llava.distributed.zero3 import disable_4bit_cpu_repacking, gather_to_cpu, get_peft_state_maybe_zero_3
 from llava.train.arguments import TrainingArguments
 from llava.train.llava_trainer import LLaVATrainer
@@ -155,4 +155,4 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
-    shutdown()
+    exit_process()

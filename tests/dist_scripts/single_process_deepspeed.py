@@ -17,12 +17,12 @@ from accelerate.utils import DistributedType
 
 from dist_scripts.tiny_peft import RandomTokens, add_lora_and_projector
 from llava.distributed.state import (
+    exit_process,
     get_rank,
     get_world_size,
     init_distributed_state,
     is_main_process,
     is_zero3_enabled,
-    shutdown,
 )
 
 ZERO3_CONFIG = {
@@ -70,4 +70,4 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
-    shutdown()
+    exit_process()

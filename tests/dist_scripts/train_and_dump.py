@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from llava.distributed.state import shutdown
+from llava.distributed.state import exit_process
 from llava.distributed.zero3 import gather_to_cpu
 from llava.train.train import train
 from llava.train.train_mem import select_attn_implementation
@@ -57,4 +57,4 @@ def _torch_optimizer(optimizer):
 
 if __name__ == "__main__":
     main()
-    shutdown()
+    exit_process()

@@ -20,7 +20,7 @@ from deepspeed.runtime.zero.partition_parameters import ZeroParamStatus
 
 from dist_scripts.tiny_peft import RandomTokens, add_lora_and_projector
 from llava.distributed import hygiene
-from llava.distributed.state import get_rank, init_distributed_state, is_zero3_enabled, shutdown
+from llava.distributed.state import exit_process, get_rank, init_distributed_state, is_zero3_enabled
 from llava.distributed.zero3 import (
     get_mm_adapter_state_maybe_zero_3,
     get_peft_state_maybe_zero_3,
@@ -165,4 +165,4 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
-    shutdown()
+    exit_process()
