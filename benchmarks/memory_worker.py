@@ -19,7 +19,7 @@ from types import SimpleNamespace
 
 import torch
 
-from llava.distributed.state import shutdown
+from llava.distributed.state import exit_process
 
 
 def main() -> None:
@@ -100,4 +100,4 @@ def _malloc_trim() -> None:
 
 if __name__ == "__main__":
     main()
-    shutdown()
+    exit_process()

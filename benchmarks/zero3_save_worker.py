@@ -18,7 +18,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from llava.distributed.state import shutdown
+from llava.distributed.state import exit_process
 
 HIDDEN, INTERMEDIATE, RANK, VISION_HIDDEN = 4096, 11008, 128, 1024
 PROJECTIONS = {  # name: (in_features, out_features)
@@ -92,4 +92,4 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
-    shutdown()
+    exit_process()
