@@ -11,7 +11,7 @@ import pytest
 
 from llava.conversation import get_conv_template
 from llava.data.dataset import LazySupervisedDataset
-from llava.data.records import load_records
+from llava.data.records import load_records, record_sources
 from llava.data.store import RecordStore, StaleStoreError, load_store, take
 from llava.data.validation import (
     DUPLICATE_ID,
@@ -66,6 +66,45 @@ def test_store_round_trips_unicode_nested_and_odd_records():
     ]
     assert list(RecordStore.from_records(records)) == records
     assert len(RecordStore.from_records([])) == 0
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        ' [ {"id": "a", "x": [1, 2.50, "\\u00e9"]} ,\n{"id":"b"} ]\n',
+        "[]",
+        '{"id": "a"}\n\n{"id": "b", "y": {"z": null}}\n',
+        "",
+    ],
+    ids=["list", "empty-list", "jsonl", "empty"],
+)
+def test_record_sources_are_each_records_own_text(tmp_path, text):
+    data = tmp_path / "data.json"
+    data.write_text(text)
+    pairs = list(record_sources(data))
+    assert [record for record, _ in pairs] == load_records(data)
+    assert all(json.loads(source) == record for record, source in pairs)
+    assert all(source in text for _, source in pairs)  # the file's own text, not a new encoding
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ('[{"id": "a"} {"id": "b"}]', "not valid JSON"),
+        ('[{"id": "a"}, ]', "not valid JSON"),
+        ('[{"id": "a"}] trailing', "not valid JSON"),
+        ('[{"id": "a"}', "not valid JSON"),
+        ('[{"id": "a"}, 3]', "every record must be an object"),
+        ('{"id": "a"}\n{"id": ', "line 2: not valid JSON Lines"),
+    ],
+)
+def test_record_sources_refuse_what_load_records_refuses(tmp_path, text, message):
+    data = tmp_path / "data.json"
+    data.write_text(text)
+    with pytest.raises(ValueError, match=message):
+        load_records(data)
+    with pytest.raises(ValueError, match=message):
+        list(record_sources(data))
 
 
 def test_lengths_and_modality_lengths_equal_the_datasets(tiny, tokenizer_free_args, private_tmp):

@@ -39,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from llava.data.records import load_records
+from llava.data.records import record_sources
 
 logger = logging.getLogger(__name__)
 
@@ -103,14 +103,21 @@ class RecordStore(Sequence):
     # -- building and opening ------------------------------------------------------------------------------------
 
     @classmethod
-    def write(cls, records: Iterable[Any], directory: str | os.PathLike, source: dict | None = None) -> None:
-        """Write ``records`` (JSON-serialisable objects) as a store into the new folder ``directory``."""
+    def write(
+        cls, records: Iterable[Any], directory: str | os.PathLike, source: dict | None = None, *, encoded: bool = False
+    ) -> None:
+        """Write ``records`` (JSON-serialisable objects; with ``encoded``, (record, its JSON text) pairs as
+        `llava.data.records.record_sources` reads them) as a store into the new folder ``directory``."""
         directory = Path(directory)
         directory.mkdir()
         offsets, lengths, modality = [0], [], []
         with open(directory / _BYTES, "wb") as out:
-            for record in records:
-                blob = json.dumps(record, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+            for item in records:
+                if encoded:
+                    record, text = item
+                else:
+                    record, text = item, json.dumps(item, ensure_ascii=False, separators=(",", ":"))
+                blob = text.encode("utf-8")
                 out.write(blob)
                 offsets.append(offsets[-1] + len(blob))
                 length, modality_length = record_lengths(record)
@@ -265,10 +272,10 @@ def _build_private(data_path: str | os.PathLike) -> RecordStore:
 
 
 def _build(data_path: str | os.PathLike, directory: Path) -> None:
-    source = source_identity(data_path) if Path(data_path).is_file() else None
-    records = load_records(data_path)
     # Identity taken before reading: a file changed while being read is caught when the store is opened.
-    RecordStore.write(records, directory, source)
+    source = source_identity(data_path) if Path(data_path).is_file() else None
+    # Each record's own text from the file: parsed once (for the lengths), never encoded again.
+    RecordStore.write(record_sources(data_path), directory, source, encoded=True)
 
 
 def _raise_any(dist, error: Exception | None, mine: bool, what: str) -> None:

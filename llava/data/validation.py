@@ -226,13 +226,14 @@ def check_image_files(
     *,
     indices: Iterable[int] | None = None,
     decode: bool = False,
-    workers: int = IO_WORKERS,
+    workers: int | None = None,
     progress: Iterable | None = None,
 ) -> list[Problem]:
     """Every referenced image exists (and, with ``decode``, opens and verifies as an image), for the records at
     ``indices`` (default: all). Threads, each taking `IO_CHUNK` records at a time: the work waits on I/O.
 
     ``progress`` may wrap the work items (e.g. ``tqdm``); it receives an iterator and must yield its items.
+    ``workers``: threads (default `IO_WORKERS`).
     """
     items = []
     for index in range(len(records)) if indices is None else indices:
@@ -258,7 +259,7 @@ def check_image_files(
         return None
 
     chunks = [items[start : start + IO_CHUNK] for start in range(0, len(items), IO_CHUNK)]
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+    with ThreadPoolExecutor(max_workers=max(1, IO_WORKERS if workers is None else workers)) as pool:
         checked = pool.map(lambda chunk: [check(item) for item in chunk], chunks)
         results = (result for chunk in checked for result in chunk)
         if progress is not None:
