@@ -161,6 +161,66 @@ def test_a_changed_data_file_is_never_served_from_a_stale_store(tmp_path, privat
     assert list(private_tmp.iterdir()) == []
 
 
+def _load_in_a_group(rank: int, world: int, port: int, data: str, folder: str, results) -> None:
+    """One process of a gloo group of ``world`` on one node: ``load_store(data)``; reports its records or error."""
+    import torch.distributed as dist
+
+    from llava.data import store as store_module
+
+    os.environ.update(LOCAL_RANK=str(rank), RANK=str(rank), WORLD_SIZE=str(world))
+    tempfile.tempdir = folder
+    builds = []
+    build = store_module._build
+    store_module._build = lambda *args: (builds.append(args), build(*args))
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        results.put((rank, "ok", list(load_store(data)), len(builds)))
+    except Exception as error:
+        results.put((rank, type(error).__name__, str(error), len(builds)))
+    finally:
+        dist.destroy_process_group()
+
+
+def _run_group(data, folder, world: int = 2) -> dict:
+    import multiprocessing
+
+    from llava.distributed.state import free_port
+
+    context = multiprocessing.get_context("fork")
+    results = context.Queue()
+    port = free_port()
+    processes = [
+        context.Process(target=_load_in_a_group, args=(rank, world, port, str(data), str(folder), results))
+        for rank in range(world)
+    ]
+    for process in processes:
+        process.start()
+    outcome = {}
+    try:
+        for _ in range(world):
+            rank, *rest = results.get(timeout=120)
+            outcome[rank] = tuple(rest)
+    finally:
+        for process in processes:
+            process.join(timeout=30)
+            if process.is_alive():  # a rank stuck in a collective: leave no process behind
+                process.kill()
+                process.join()
+    return outcome
+
+
+def test_one_process_per_node_builds_the_store_and_failures_reach_every_rank(tiny, tmp_path, private_tmp):
+    outcome = _run_group(tiny.data, private_tmp)
+    records = load_records(tiny.data)
+    assert outcome == {0: ("ok", records, 1), 1: ("ok", records, 0)}  # built once, mapped by both
+    assert list(private_tmp.iterdir()) == []
+    outcome = _run_group(tmp_path / "nowhere.json", private_tmp)
+    assert outcome[0][0] == "FileNotFoundError" and "check --data_path" in outcome[0][1]
+    assert outcome[1][0] == "RuntimeError"
+    assert outcome[1][1].startswith("rank 0 failed building the record store: FileNotFoundError: training data")
+    assert list(private_tmp.iterdir()) == []
+
+
 def test_load_store_names_a_missing_file(tmp_path, private_tmp):
     with pytest.raises(FileNotFoundError, match="check --data_path"):
         load_store(tmp_path / "nowhere.json")

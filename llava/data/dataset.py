@@ -2,7 +2,8 @@
 
 The dataset reads the whole file once (a JSON list, or JSON Lines), checks every record cheaply before training
 starts (roles, ``<image>`` placeholders, image field) and works lazily per sample afterwards: one tokenisation of
-the rendered prompt and one image preprocess, no deep copies.
+the rendered prompt and one image preprocess, no deep copies. Training hands it the records in a
+:class:`~llava.data.store.RecordStore` (memory-mapped, shared by dataloader workers and the ranks of a node).
 """
 
 from __future__ import annotations

@@ -228,19 +228,23 @@ def load_store(data_path: str | os.PathLike, *, local_rank: int | None = None) -
     this job (a token from rank 0), this node and this data file; the other ranks wait for it, then map it; once all
     have, local rank 0 removes the directory. A failure on the builder (a missing or malformed file) is raised on
     every rank with the builder's message, so no rank waits for a store that never comes. Without
-    ``torch.distributed`` (or a world of 1) the process builds and maps its own store.
+    ``torch.distributed`` (or a world of 1), or without ``LOCAL_RANK`` from the launcher, each process builds and
+    maps its own store.
     """
     import torch.distributed as dist
 
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return _build_private(data_path)
-    if local_rank is None:
-        local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    if local_rank is None and "LOCAL_RANK" in os.environ:
+        local_rank = int(os.environ["LOCAL_RANK"])
     token = [secrets.token_hex(8) if dist.get_rank() == 0 else None]
     dist.broadcast_object_list(token, src=0)
     tag = hashlib.sha1(str(Path(data_path).resolve()).encode()).hexdigest()[:12]
-    directory = Path(tempfile.gettempdir()) / f"{STORE_PREFIX}{token[0]}-{socket.gethostname()}-{tag}"
-    builder = local_rank == 0
+    name = f"{STORE_PREFIX}{token[0]}-{socket.gethostname()}-{tag}"
+    if local_rank is None:  # no launcher said which processes share a node: each builds its own store
+        name += f"-rank{dist.get_rank()}"
+    directory = Path(tempfile.gettempdir()) / name
+    builder = local_rank in (0, None)
     try:
         error = None
         if builder:
