@@ -33,6 +33,7 @@ import secrets
 import shutil
 import socket
 import tempfile
+from array import array
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -110,7 +111,7 @@ class RecordStore(Sequence):
         `llava.data.records.record_sources` reads them) as a store into the new folder ``directory``."""
         directory = Path(directory)
         directory.mkdir()
-        offsets, lengths, modality = [0], [], []
+        offsets, lengths, modality = array("q", [0]), array("q"), array("q")  # compact: 8 bytes per record
         with open(directory / _BYTES, "wb") as out:
             for item in records:
                 if encoded:
@@ -123,9 +124,9 @@ class RecordStore(Sequence):
                 length, modality_length = record_lengths(record)
                 lengths.append(length)
                 modality.append(modality_length)
-        np.save(directory / _OFFSETS, np.asarray(offsets, dtype=np.int64))
-        np.save(directory / _LENGTHS, np.asarray(lengths, dtype=np.int64))
-        np.save(directory / _MODALITY, np.asarray(modality, dtype=np.int64))
+        np.save(directory / _OFFSETS, np.frombuffer(offsets, dtype=np.int64))
+        np.save(directory / _LENGTHS, np.frombuffer(lengths, dtype=np.int64))
+        np.save(directory / _MODALITY, np.frombuffer(modality, dtype=np.int64))
         (directory / _META).write_text(json.dumps({"count": len(lengths), "source": source}))
 
     @classmethod

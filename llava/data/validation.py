@@ -235,17 +235,17 @@ def check_image_files(
     ``progress`` may wrap the work items (e.g. ``tqdm``); it receives an iterator and must yield its items.
     ``workers``: threads (default `IO_WORKERS`).
     """
+    # (index, path, id) only, not the records: at 665k samples a list of every record is gigabytes.
     items = []
     for index in range(len(records)) if indices is None else indices:
         record = records[index]
         if isinstance(record, dict) and isinstance(record.get("image"), str):
-            items.append((index, record))
+            items.append((index, image_path(record, image_folder), sample_id(record, index)))
 
     def check(item) -> Problem | None:
-        index, record = item
-        path = image_path(record, image_folder)
+        index, path, ident = item
         if not os.path.isfile(path):
-            return Problem(index, sample_id(record, index), MISSING_IMAGE, f"image {path!r} not found")
+            return Problem(index, ident, MISSING_IMAGE, f"image {path!r} not found")
         if decode:
             from PIL import Image
 
@@ -253,9 +253,7 @@ def check_image_files(
                 with Image.open(path) as image:
                     image.verify()
             except Exception as error:  # PIL raises many types for broken files
-                return Problem(
-                    index, sample_id(record, index), UNREADABLE_IMAGE, f"image {path!r} cannot be read ({error})"
-                )
+                return Problem(index, ident, UNREADABLE_IMAGE, f"image {path!r} cannot be read ({error})")
         return None
 
     chunks = [items[start : start + IO_CHUNK] for start in range(0, len(items), IO_CHUNK)]
