@@ -25,7 +25,8 @@ MAX_LISTED_PROBLEMS = 10
 # Threads for image-file checks: they wait on the file system, not the CPU. Sized for network file systems (NFS,
 # Lustre), where one stat waits a round trip to the server; on a local disk the extra threads only idle.
 IO_WORKERS = 32
-# Image checks per task given to a thread: one future per file cost more than the stat itself on a local disk.
+# Image checks per task given to a thread: one future per file costs more than the stat itself on a local disk
+# (66.5k files on 2 cores: 3.2 s with a future each, 0.8 s in chunks).
 IO_CHUNK = 256
 
 IMAGE_FIELD = "image_field"
@@ -235,13 +236,23 @@ def check_image_files(
     ``progress`` may wrap the work items (e.g. ``tqdm``); it receives an iterator and must yield its items.
     ``workers``: threads (default `IO_WORKERS`).
     """
-    # (index, path, id) only, not the records: at 665k samples a list of every record is gigabytes.
     items = []
     for index in range(len(records)) if indices is None else indices:
-        record = records[index]
-        if isinstance(record, dict) and isinstance(record.get("image"), str):
-            items.append((index, image_path(record, image_folder), sample_id(record, index)))
+        items.extend(_image_item(records[index], index, image_folder))
+    return _check_image_items(items, decode=decode, workers=workers, progress=progress)
 
+
+def _image_item(record, index: int, image_folder: str | os.PathLike | None) -> list[tuple[int, str, str]]:
+    """[(index, path, id)] for a record with an image, else []: what an image check needs, not the record itself
+    (at 665k samples a list of every record is gigabytes)."""
+    if isinstance(record, dict) and isinstance(record.get("image"), str):
+        return [(index, image_path(record, image_folder), sample_id(record, index))]
+    return []
+
+
+def _check_image_items(
+    items: list[tuple[int, str, str]], *, decode: bool, workers: int | None, progress: Iterable | None
+) -> list[Problem]:
     def check(item) -> Problem | None:
         index, path, ident = item
         if not os.path.isfile(path):
@@ -296,13 +307,14 @@ def check_shard(
     """The pre-training checks (structure, roles, image placeholders, image files exist) of process ``rank``'s share
     of the records; `merge_shards` of every process's `Shard` is the whole file's `Report`."""
     share = shard_range(len(records), rank, world)
-    problems, ids = [], []
+    problems, ids, images = [], [], []
     for index in share:
-        record = records[index]
+        record = records[index]  # decoded once (from a store) for all the checks
         problems.extend(check_record(record, index, conv=conv, is_multimodal=is_multimodal))
         ids.append(_record_id(record))
-    if is_multimodal:
-        problems.extend(check_image_files(records, image_folder, indices=share, decode=decode, progress=progress))
+        if is_multimodal:
+            images.extend(_image_item(record, index, image_folder))
+    problems.extend(_check_image_items(images, decode=decode, workers=None, progress=progress))
     return Shard(share.start, problems, ids)
 
 
