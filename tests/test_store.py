@@ -10,7 +10,7 @@ import tempfile
 import pytest
 
 from llava.conversation import get_conv_template
-from llava.data.dataset import LazySupervisedDataset
+from llava.data.dataset import DataCollatorForSupervisedDataset, LazySupervisedDataset
 from llava.data.records import load_records, record_sources
 from llava.data.store import RecordStore, StaleStoreError, load_store, take
 from llava.data.validation import (
@@ -126,6 +126,32 @@ def test_lengths_and_modality_lengths_equal_the_datasets(tiny, tokenizer_free_ar
 @pytest.fixture
 def tokenizer_free_args(tiny):
     return DataArguments(data_path=str(tiny.data), image_folder=str(tiny.image_folder), is_multimodal=False)
+
+
+def test_the_dataset_gives_the_same_items_over_the_store_in_forked_workers(tiny, tiny_tokenizer, tiny_image_processor):
+    import torch
+    from torch.utils.data import DataLoader
+
+    tiny_tokenizer.pad_token = tiny_tokenizer.unk_token
+    args = DataArguments(
+        data_path=str(tiny.data), image_folder=str(tiny.image_folder), is_multimodal=True, image_aspect_ratio="pad"
+    )
+    records = load_records(tiny.data)
+    kwargs = dict(image_processor=tiny_image_processor, conv=CONV, checked=True)
+    from_list = LazySupervisedDataset(str(tiny.data), tiny_tokenizer, args, records=records, **kwargs)
+    from_store = LazySupervisedDataset(
+        str(tiny.data), tiny_tokenizer, args, records=RecordStore.from_records(records), **kwargs
+    )
+    collator = DataCollatorForSupervisedDataset(tokenizer=tiny_tokenizer)
+    batches = [
+        list(DataLoader(dataset, batch_size=8, num_workers=workers, collate_fn=collator))
+        for dataset, workers in ((from_list, 0), (from_store, 2))
+    ]
+    assert len(batches[0]) == len(batches[1]) == 6
+    for expected, got in zip(*batches):
+        assert set(expected) == set(got) == {"input_ids", "labels", "attention_mask", "images"}
+        for key in expected:
+            assert torch.equal(expected[key], got[key]), key
 
 
 def test_subsets_are_views_in_the_given_order(tiny, private_tmp):
