@@ -28,6 +28,7 @@ import bench_image  # noqa: E402
 import bench_memory  # noqa: E402
 import bench_packing  # noqa: E402
 import bench_splice  # noqa: E402
+import bench_startup  # noqa: E402
 import bench_step  # noqa: E402
 import bench_zero3_save  # noqa: E402
 from common import format_table, machine  # noqa: E402
@@ -42,6 +43,7 @@ BENCHMARKS = {
     "memory": lambda size, tiny: bench_memory.run(size),
     "gpu": lambda size, tiny: bench_gpu.run(size),
     "eval": lambda size, tiny: bench_eval.run(size, tiny),
+    "startup": lambda size, tiny: bench_startup.run(size, tiny),
 }
 
 

@@ -23,6 +23,9 @@ EXPECTED = (
     "peak memory",
     "GPU",
     "eval answers/s, batch 8 vs 1",
+    "startup: read + pre-check + dataset",
+    "startup per rank",
+    "startup: dataloader worker private memory",
 )
 
 pytestmark = [pytest.mark.slow, pytest.mark.bench]
@@ -38,7 +41,7 @@ def test_every_benchmark_runs_at_tiny_size():
     report = json.loads(result.stdout)
     assert report["size"] == "tiny" and "cores" in report["machine"]
     assert set(report["seconds"]) == {
-        "data", "image", "splice", "step", "packing", "zero3_save", "memory", "gpu", "eval",
+        "data", "image", "splice", "step", "packing", "zero3_save", "memory", "gpu", "eval", "startup",
     }  # fmt: skip
     names = [row["name"] for row in report["rows"]]
     for prefix in EXPECTED:

@@ -205,17 +205,36 @@ def test_zero3_lora_with_packing_writes_the_usual_files(tiny, zero3_config, tmp_
     assert len(efficiency) >= 4 and all(0.3 < value <= 1.0 for value in efficiency), efficiency
 
 
-def test_zero2_lora_with_packing(tiny, tmp_path):
-    """--packing under upstream's zero2.json on 2 processes: the usual files and the packing efficiency."""
-    output_dir, dump_dir = tmp_path / "out", tmp_path / "dump"
-    argv = multimodal_flags(tiny, output_dir, deepspeed=REPO_ROOT / "configs" / "zero2.json", packing=True, max_steps=2)
-    launch_deepspeed(
-        DIST_SCRIPTS / "train_and_dump.py", argv, num_procs=NUM_PROCESSES, env={DUMP_DIR_ENV: str(dump_dir)}
-    )
+def test_zero2_lora_with_packing_and_invalid_samples_skipped(tiny, tmp_path):
+    """--packing under upstream's zero2.json on 2 processes: the usual files and the packing efficiency. The data
+    has a broken sample in each rank's half of the pre-check (--skip_invalid_samples): every rank learns of both
+    from the gathered report and drops the same two; each node's record store leaves nothing in the temp folder."""
+    output_dir, dump_dir, temp = tmp_path / "out", tmp_path / "dump", tmp_path / "tmp"
+    temp.mkdir()
+    records = json.loads(Path(tiny.data).read_text())
+    gone = {"id": "gone", "image": "missing/nowhere.png", "conversations": records[0]["conversations"]}
+    no_reply = {"id": "no-reply", "conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": ""}]}
+    data = tmp_path / "data.json"
+    data.write_text(json.dumps([gone, *records, no_reply]))  # records 0 and 49: rank 0's and rank 1's halves
+    argv = multimodal_flags(
+        tiny, output_dir, deepspeed=REPO_ROOT / "configs" / "zero2.json", packing=True, max_steps=2,
+        data_path=data, skip_invalid_samples=True,
+    )  # fmt: skip
+    result = launch_deepspeed(
+        DIST_SCRIPTS / "train_and_dump.py", argv, num_procs=NUM_PROCESSES,
+        env={DUMP_DIR_ENV: str(dump_dir), "TMPDIR": str(temp)},
+    )  # fmt: skip
     assert files_in(output_dir) == LORA_FILES | {"trainer_state.json"}
     log_history = json.loads((output_dir / "trainer_state.json").read_text())["log_history"]
     assert sorted(logged_losses(log_history)) == [1, 2]
     assert any("packing_efficiency" in entry for entry in log_history)
+    log = result.stdout + result.stderr
+    for ident in ("gone", "no-reply"):  # logged by both ranks (rank 1 logs warnings too)
+        assert log.count(f"skipping sample {ident!r}") == NUM_PROCESSES, ident
+    summary = f"--skip_invalid_samples: dropped 2 of {len(records) + 2} samples of {data}; training on the other 48"
+    assert log.count(summary) == NUM_PROCESSES
+    assert json.loads((dump_dir / "record.json").read_text())["train_samples"] == [len(records)] * NUM_PROCESSES
+    assert not [path.name for path in temp.iterdir() if path.name.startswith("llava-records-")]
 
 
 def test_qlora_4bit_under_zero3(tiny, zero3_config, tmp_path):

@@ -2,7 +2,8 @@
 
 The dataset reads the whole file once (a JSON list, or JSON Lines), checks every record cheaply before training
 starts (roles, ``<image>`` placeholders, image field) and works lazily per sample afterwards: one tokenisation of
-the rendered prompt and one image preprocess, no deep copies.
+the rendered prompt and one image preprocess, no deep copies. Training hands it the records in a
+:class:`~llava.data.store.RecordStore` (memory-mapped, shared by dataloader workers and the ranks of a node).
 """
 
 from __future__ import annotations
@@ -23,14 +24,13 @@ from llava.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
 from llava.conversation import Conversation
 from llava.data.preprocess import preprocess, preprocess_multimodal
 from llava.data.records import load_records
+from llava.data.store import RecordStore, record_lengths
 from llava.data.validation import Report, check_records, sample_id
 from llava.mm_utils import process_images
 from llava.utils import one_torch_thread
 
 logger = logging.getLogger(__name__)
 
-# Upstream's length heuristics for LengthGroupedSampler: words per conversation, plus this many for an image.
-IMAGE_LENGTH_BONUS = 128
 # The packed batch's counts for the trainer's log (see DataCollatorForSupervisedDataset.pack); not a model input.
 PACKING_STATS_KEY = "packing_stats"
 
@@ -45,8 +45,10 @@ class LazySupervisedDataset(Dataset):
     Everything beyond upstream's three arguments is explicit and keyword-only: the image processor (the vision
     tower's), the conversation template (default: ``default_conversation``), whether the image is wrapped in
     ``<im_start>``/``<im_end>``, the anyres grid (default: ``data_args.image_grid_pinpoints``), the records when
-    already read from ``data_path``, and ``checked=True`` when they already passed
+    already read from ``data_path`` (a list of dicts, or the :class:`~llava.data.store.RecordStore` training shares
+    between dataloader workers and ranks), and ``checked=True`` when they already passed
     ``llava.data.validation.check_records`` with the same template (training checks them before loading the model).
+    ``list_data_dict`` is those records, as upstream's attribute: ``dataset.list_data_dict[i]`` is record ``i``.
     """
 
     def __init__(
@@ -59,7 +61,7 @@ class LazySupervisedDataset(Dataset):
         conv: Conversation | None = None,
         mm_use_im_start_end: bool = False,
         image_grid_pinpoints: str | list | None = None,
-        records: list[dict] | None = None,
+        records: Sequence[dict] | None = None,
         checked: bool = False,
     ) -> None:
         super().__init__()
@@ -97,16 +99,10 @@ class LazySupervisedDataset(Dataset):
                 self.data_path,
                 check_records(self.list_data_dict, conv=self.conv, is_multimodal=self.data_args.is_multimodal),
             ).enforce(logger)
-        lengths, modality_lengths = [], []
-        for record in self.list_data_dict:
-            words = sum(len(turn["value"].split()) for turn in record["conversations"])
-            has_image = "image" in record
-            lengths.append(words + (IMAGE_LENGTH_BONUS if has_image else 0))
-            modality_lengths.append(words if has_image else -words)
-        return lengths, modality_lengths
-
-    def _sample_id(self, index: int) -> str:
-        return sample_id(self.list_data_dict[index], index)
+        if isinstance(self.list_data_dict, RecordStore):  # computed once, when the store was built
+            return self.list_data_dict.lengths, self.list_data_dict.modality_lengths
+        pairs = [record_lengths(record) for record in self.list_data_dict]
+        return [length for length, _ in pairs], [modality for _, modality in pairs]
 
     def __len__(self) -> int:
         return len(self.list_data_dict)
@@ -129,7 +125,7 @@ class LazySupervisedDataset(Dataset):
         item: dict[str, Any] = {}
         sources = [record["conversations"]]
         if has_image:
-            image = self._open_image(i)
+            image = self._open_image(i, record)
             item.update(self._image_tensors(image))
             sources = preprocess_multimodal(
                 sources, self.data_args, mm_use_im_start_end=self.mm_use_im_start_end, conv=self.conv
@@ -141,19 +137,19 @@ class LazySupervisedDataset(Dataset):
         item["input_ids"], item["labels"] = data["input_ids"][0], data["labels"][0]
         return item
 
-    def _open_image(self, i: int) -> Image.Image:
-        path = os.path.join(self.data_args.image_folder or "", self.list_data_dict[i]["image"])
+    def _open_image(self, i: int, record: dict) -> Image.Image:
+        path = os.path.join(self.data_args.image_folder or "", record["image"])
         try:
             with Image.open(path) as image:
                 return image.convert("RGB")
         except FileNotFoundError as err:
             raise FileNotFoundError(
-                f"sample {self._sample_id(i)!r} in {self.data_path}: image {path!r} not found; check --image_folder "
+                f"sample {sample_id(record, i)!r} in {self.data_path}: image {path!r} not found; check --image_folder "
                 f"(now {self.data_args.image_folder!r}) and the sample's 'image' field"
             ) from err
         except (UnidentifiedImageError, OSError) as err:
             raise OSError(
-                f"sample {self._sample_id(i)!r} in {self.data_path}: image {path!r} cannot be read ({err}); "
+                f"sample {sample_id(record, i)!r} in {self.data_path}: image {path!r} cannot be read ({err}); "
                 "replace the file or drop the sample"
             ) from err
 
@@ -311,7 +307,7 @@ def packing_attention_cost(hidden_size: int, attn_implementation: str | None) ->
 
 
 def make_supervised_data_module(
-    tokenizer, data_args, eval_records: list[dict] | None = None, *, packing: dict | None = None, **dataset_kwargs
+    tokenizer, data_args, eval_records: Sequence[dict] | None = None, *, packing: dict | None = None, **dataset_kwargs
 ) -> dict:
     """Datasets and collator for supervised fine-tuning; ``dataset_kwargs`` go to :class:`LazySupervisedDataset`.
 

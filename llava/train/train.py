@@ -30,9 +30,9 @@ from llava.data.preprocess import (
     preprocess_plain,
     preprocess_v1,
 )
-from llava.data.records import load_records
+from llava.data.store import RecordStore, load_store, take
 from llava.data.validation import validate_for_training
-from llava.distributed.state import exit_process, is_main_process
+from llava.distributed.state import exit_process, get_rank, get_world_size, is_main_process
 from llava.distributed.zero3 import (
     get_mm_adapter_state_maybe_zero_3,
     get_peft_state_maybe_zero_3,
@@ -160,17 +160,21 @@ def _seed(training_args: TrainingArguments) -> None:
         transformers.set_seed(training_args.seed)
 
 
-def _check_data(model_args: ModelArguments, data_args: DataArguments, data_path: str) -> list[dict]:
-    """Read the data and check every sample cheaply (structure, roles, image placeholders, image files exist)
-    before anything heavy loads; a problem stops the run with the data checker's message (upstream #677, #732), or
-    with `--skip_invalid_samples` drops the sample (logging it)."""
-    records = load_records(data_path)
+def _check_data(model_args: ModelArguments, data_args: DataArguments, data_path: str) -> RecordStore:
+    """Read the data into the node's shared record store (once per node) and check every sample cheaply (structure,
+    roles, image placeholders, image files exist) before anything heavy loads, each rank its share, so that the job
+    checks each sample once; a problem stops the run on every rank with the data checker's message (upstream #677,
+    #732), or with `--skip_invalid_samples` drops the sample (logging it) on every rank alike."""
+    records = load_store(data_path)
     report = validate_for_training(
         records,
         data_path=data_path,
         image_folder=data_args.image_folder,
         conv=get_conv_template(template_name(model_args.version)),
         is_multimodal=model_args.vision_tower is not None,
+        rank=get_rank(),
+        world=get_world_size(),
+        gather=_gather_from_every_rank,
     )
     if data_args.skip_invalid_samples:
         return report.drop_invalid(records, logger)
@@ -178,11 +182,23 @@ def _check_data(model_args: ModelArguments, data_args: DataArguments, data_path:
     return records
 
 
+def _gather_from_every_rank(item) -> list:
+    """Every rank's ``item``, in rank order, on every rank (``[item]`` without torch.distributed)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return [item]
+    gathered: list = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, item)
+    return gathered
+
+
 def _split_for_evaluation(
-    records: list[dict], model_args: ModelArguments, data_args: DataArguments, training_args: TrainingArguments
-) -> tuple[list[dict], Optional[list[dict]]]:
+    records: RecordStore, model_args: ModelArguments, data_args: DataArguments, training_args: TrainingArguments
+) -> tuple[RecordStore, Optional[RecordStore]]:
     """(training records, evaluation records or None): `--eval_data_path` checked like the training data, or a
-    `--eval_split_ratio` share of the training data held out, chosen by `--seed` (both keep the file's order)."""
+    `--eval_split_ratio` share of the training data held out, chosen by `--seed` (both keep the file's order; views
+    of the same store)."""
     if data_args.eval_data_path is not None:
         return records, _check_data(model_args, data_args, data_args.eval_data_path)
     if data_args.eval_split_ratio <= 0:
@@ -196,8 +212,8 @@ def _split_for_evaluation(
     chosen = set(random.Random(training_args.seed).sample(range(len(records)), held_out))
     logger.info("Holding out %d of %d samples of %s for evaluation", held_out, len(records), data_args.data_path)
     return (
-        [record for index, record in enumerate(records) if index not in chosen],
-        [record for index, record in enumerate(records) if index in chosen],
+        take(records, [index for index in range(len(records)) if index not in chosen]),
+        take(records, sorted(chosen)),
     )
 
 

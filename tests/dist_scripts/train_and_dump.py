@@ -6,7 +6,8 @@ After training, every rank gathers the model's parameters (a collective) and ran
 by the environment variable LLAVA_TEST_DUMP_DIR (kept apart from output_dir, whose file set the tests check):
 - `gathered.pt`: every parameter at the end of training, full shapes, as named by `model.named_parameters()`;
 - `record.json`: the optimizer's parameter groups (initial lr, weight decay) and, for a few parameters, their
-  ZeRO-3 layout (local element count, full shape), which shows they really were partitioned.
+  ZeRO-3 layout (local element count, full shape), which shows they really were partitioned; every rank's number
+  of training samples.
 """
 
 from __future__ import annotations
@@ -40,11 +41,20 @@ def main() -> None:
         {"initial_lr": group.get("initial_lr", group["lr"]), "weight_decay": group["weight_decay"]}
         for group in _torch_optimizer(trainer.optimizer).param_groups
     ]
+    # Every rank's training set size, to show that the ranks dropped the same invalid samples.
+    sizes = [len(trainer.train_dataset)] * trainer.args.world_size
+    if torch.distributed.is_initialized():
+        torch.distributed.all_gather_object(sizes, len(trainer.train_dataset))
     if trainer.args.should_save:
         dump_dir = Path(os.environ[DUMP_DIR_ENV])
         dump_dir.mkdir(parents=True, exist_ok=True)
         torch.save(gathered, dump_dir / "gathered.pt")
-        record = {"param_groups": groups, "layout": layout, "world_size": trainer.args.world_size}
+        record = {
+            "param_groups": groups,
+            "layout": layout,
+            "world_size": trainer.args.world_size,
+            "train_samples": sizes,
+        }
         (dump_dir / "record.json").write_text(json.dumps(record, indent=1))
 
 
