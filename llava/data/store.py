@@ -41,6 +41,7 @@ from typing import Any
 import numpy as np
 
 from llava.data.records import record_sources
+from llava.distributed.state import gather_objects
 
 logger = logging.getLogger(__name__)
 
@@ -253,13 +254,13 @@ def load_store(data_path: str | os.PathLike, *, local_rank: int | None = None) -
                 _build(data_path, directory)
             except Exception as raised:  # re-raised below, after every rank has heard of it
                 error = raised
-        _raise_any(dist, error, builder, "building the record store")
+        _raise_any(error, builder, "building the record store")
         store, error = None, None
         try:
             store = RecordStore.open(directory, data_path)
         except Exception as raised:
             error = raised
-        _raise_any(dist, error, True, "opening the record store")
+        _raise_any(error, True, "opening the record store")
     finally:
         if builder:
             shutil.rmtree(directory, ignore_errors=True)
@@ -283,11 +284,10 @@ def _build(data_path: str | os.PathLike, directory: Path) -> None:
     RecordStore.write(record_sources(data_path), directory, source, encoded=True)
 
 
-def _raise_any(dist, error: Exception | None, mine: bool, what: str) -> None:
+def _raise_any(error: Exception | None, mine: bool, what: str) -> None:
     """Every rank learns whether any rank failed (a collective, so it is also the barrier); the failing rank raises
     its own exception, the others one that names it."""
-    errors: list = [None] * dist.get_world_size()
-    dist.all_gather_object(errors, None if error is None else f"{type(error).__name__}: {error}")
+    errors = gather_objects(None if error is None else f"{type(error).__name__}: {error}")
     if error is not None and mine:
         raise error
     failed = [(rank, message) for rank, message in enumerate(errors) if message is not None]

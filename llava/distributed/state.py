@@ -180,6 +180,17 @@ def exit_process(code: int = 0) -> NoReturn:
         os._exit(code)
 
 
+def gather_objects(item: Any) -> list:
+    """Every rank's ``item`` (picklable), in rank order, on every rank: ``[item]`` outside a multi-process group."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return [item]
+    if torch.distributed.get_world_size() == 1:
+        return [item]
+    gathered: list = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(gathered, item)
+    return gathered
+
+
 def get_rank() -> int:
     """Global rank of this process: 0 when not distributed."""
     if torch.distributed.is_available() and torch.distributed.is_initialized():

@@ -32,7 +32,7 @@ from llava.data.preprocess import (
 )
 from llava.data.store import RecordStore, load_store, take
 from llava.data.validation import validate_for_training
-from llava.distributed.state import exit_process, get_rank, get_world_size, is_main_process
+from llava.distributed.state import exit_process, gather_objects, get_rank, get_world_size, is_main_process
 from llava.distributed.zero3 import (
     get_mm_adapter_state_maybe_zero_3,
     get_peft_state_maybe_zero_3,
@@ -174,23 +174,12 @@ def _check_data(model_args: ModelArguments, data_args: DataArguments, data_path:
         is_multimodal=model_args.vision_tower is not None,
         rank=get_rank(),
         world=get_world_size(),
-        gather=_gather_from_every_rank,
+        gather=gather_objects,
     )
     if data_args.skip_invalid_samples:
         return report.drop_invalid(records, logger)
     report.enforce(logger)
     return records
-
-
-def _gather_from_every_rank(item) -> list:
-    """Every rank's ``item``, in rank order, on every rank (``[item]`` without torch.distributed)."""
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return [item]
-    gathered: list = [None] * dist.get_world_size()
-    dist.all_gather_object(gathered, item)
-    return gathered
 
 
 def _split_for_evaluation(
