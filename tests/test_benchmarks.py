@@ -98,3 +98,22 @@ def test_first_batch_comparison_names_what_differs(tmp_path):
     assert bench_data._compare_first(ours, tmp_path / "differs.pt") == (
         "first batch: input_ids shape (2, 3) vs (2, 2); labels MISMATCH in samples [1], pixels within 2.00/255"
     )
+
+
+@pytest.mark.parametrize(
+    "flags, dtype, reason",
+    [
+        ({"avx2", "avx512f", "avx512_bf16"}, "bfloat16", ""),
+        ({"avx2", "amx_bf16", "amx_tile"}, "bfloat16", ""),
+        ({"avx2", "avx512f", "avx512bw"}, "float32", "no native bf16 on this CPU"),
+        (set(), "float32", "no native bf16 on this CPU"),
+    ],
+)
+def test_memory_benchmark_dtype_is_native_to_the_cpu(flags, dtype, reason):
+    import torch
+
+    sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
+    from common import dtype_label, native_cpu_dtype
+
+    assert native_cpu_dtype(frozenset(flags)) == (getattr(torch, dtype), reason)
+    assert dtype_label(getattr(torch, dtype)) == {"bfloat16": "bf16", "float32": "fp32"}[dtype]
