@@ -11,7 +11,7 @@ from pathlib import Path
 
 from common import Row
 
-SIZES = {"tiny": dict(layers=2, scale=32, repeat=1), "quick": dict(layers=4, scale=1, repeat=3),
+SIZES = {"tiny": dict(layers=2, scale=32, repeat=1), "quick": dict(layers=4, scale=1, repeat=5),
          "full": dict(layers=8, scale=1, repeat=5)}  # fmt: skip
 WORKER = Path(__file__).resolve().parent / "zero3_save_worker.py"
 

@@ -41,7 +41,8 @@ DEFAULT_BUCKET_BYTES = 256 * 2**20
 
 ALONE_BYTES = 2**20
 """A parameter this large (full-size bytes) or larger is gathered alone: past about 1 MB a gather is bound by
-bandwidth, not by the collective's fixed cost (measured on gloo: 0.5 ms fixed, 1-2 GB/s), so grouping gains nothing."""
+bandwidth, not by the collective's fixed cost (measured on 2 CPU ranks over gloo: 0.5 ms fixed, about 1 GB/s), so
+grouping gains nothing."""
 
 LORA_MARKER = "lora_"
 """PEFT names every LoRA tensor `<module>.lora_<A|B|embedding_A|...>.<adapter>...`."""
