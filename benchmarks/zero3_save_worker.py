@@ -1,5 +1,7 @@
 """Worker for bench_zero3_save.py, started by `deepspeed --num_gpus 2`: gathers and writes LoRA + projector state of
-LLaVA-7B-shaped layers partitioned by ZeRO-3, batched (our helpers' default) and one collective per tensor.
+LLaVA-7B-shaped layers partitioned by ZeRO-3, three ways: our helpers as they are ("ours"), our helpers with one
+context per tensor ("ours_per_tensor", `bucket_bytes=0`), and upstream's `maybe_zero_3` loop ("upstream": one
+`GatheredParameters` context per tensor, then `.cpu().clone()` of what it gathered).
 
 Only the trainable tensors exist (LoRA A/B of every linear, and the projector): they are what a LoRA save gathers;
 the frozen base weights are never gathered by it, so they are left out to fit the machine.
@@ -9,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -44,6 +45,17 @@ class Layer(nn.Module):
             getattr(self, block).add_module(leaf, LoraLinear(fan_in // scale, fan_out // scale, RANK // scale))
 
 
+def upstream_state(named: list[tuple[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """What upstream's get_peft_state_maybe_zero_3 / get_peft_state_non_lora_maybe_zero_3 do per tensor."""
+    from deepspeed import zero
+
+    state = {}
+    for name, param in named:
+        with zero.GatheredParameters([param]):
+            state[name] = param.data.detach().cpu().clone()
+    return state
+
+
 def main() -> None:
     import deepspeed
 
@@ -63,26 +75,37 @@ def main() -> None:
         )
     named = [(f"base_model.model.model.{name}", param) for name, param in model.named_parameters()]
     assert all(param.numel() == 0 for _, param in named), "every tensor should be partitioned"
-    results = {}
+    variants = {
+        "ours": lambda: (get_peft_state_maybe_zero_3(named, "none"), get_peft_state_non_lora_maybe_zero_3(named)),
+        "ours_per_tensor": lambda: (
+            get_peft_state_maybe_zero_3(named, "none", bucket_bytes=0),
+            get_peft_state_non_lora_maybe_zero_3(named, bucket_bytes=0),
+        ),
+        "upstream": lambda: (
+            upstream_state([(k, p) for k, p in named if "lora_" in k]),
+            upstream_state([(k, p) for k, p in named if "lora_" not in k and p.requires_grad]),
+        ),
+    }
+    times = {label: {"gather": [], "total": []} for label in variants}
     with tempfile.TemporaryDirectory() as tmp:
-        for label, bucket in (("batched", None), ("per_tensor", 0)):
-            kwargs = {} if bucket is None else {"bucket_bytes": bucket}
-            gather_times, total_times = [], []
-            for attempt in range(repeat + 1):  # the first is a warm-up (allocations, gloo buffers)
+        # Alternately, the first round a warm-up (allocations, gloo buffers): drift on a busy machine hits all alike.
+        for attempt in range(repeat + 1):
+            for label, gather in variants.items():
                 dist.barrier()
                 start = time.perf_counter()
-                adapter = get_peft_state_maybe_zero_3(named, "none", **kwargs)
-                non_lora = get_peft_state_non_lora_maybe_zero_3(named, **kwargs)
+                adapter, non_lora = gather()
                 dist.barrier()
                 gathered = time.perf_counter()
                 if dist.get_rank() == 0:
                     torch.save(adapter, os.path.join(tmp, "adapter_model.bin"))
                     torch.save(non_lora, os.path.join(tmp, "non_lora_trainables.bin"))
+                del adapter, non_lora
                 dist.barrier()
                 if attempt:
-                    gather_times.append(gathered - start)
-                    total_times.append(time.perf_counter() - start)
-            results[label] = {"gather": statistics.median(gather_times), "total": statistics.median(total_times)}
+                    times[label]["gather"].append(gathered - start)
+                    times[label]["total"].append(time.perf_counter() - start)
+        # The least disturbed run of each: interference only ever adds time.
+        results = {label: {kind: min(values) for kind, values in kinds.items()} for label, kinds in times.items()}
         results["tensors"] = len(named)
         results["bytes"] = sum(int(param.ds_numel) * param.element_size() for _, param in named)
     if dist.get_rank() == 0:

@@ -14,6 +14,7 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parents[1]
 EXPECTED = (
     "data:",
+    "ours vs upstream's own",
     "image transform",
     "splice (cpu",
     "LoRA step",
@@ -77,3 +78,45 @@ def test_gpu_benchmark_dry_run_on_cpu():
     assert "padded: MFU vs bf16 peak" in rows[1].name and "packed: MFU vs bf16 peak" in rows[2].name
     packed, padded = (tuple(map(int, shape)) for shape in re.findall(r"\((\d+), (\d+)\)", rows[0].note))
     assert padded[0] == 4 and packed[0] < 4  # 4 samples: 4 padded rows, fewer packed ones
+
+
+def test_first_batch_comparison_names_what_differs(tmp_path):
+    """bench_data's check of its first batch against upstream's: equal ids and labels, or the samples that differ."""
+    import torch
+
+    sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
+    import bench_data
+
+    ours = {"input_ids": torch.tensor([[1, 5, 6], [1, 7, 0]]), "labels": torch.tensor([[-100, 5, 6], [-100, 7, -100]]),
+            "images": torch.zeros(2, 3, 4, 4)}  # fmt: skip
+    theirs = {key: value.clone() for key, value in ours.items()}
+    theirs["images"][1, 0, 2, 2] += 2 / 255 / bench_data.CLIP_L_336["image_std"][0]
+    torch.save(theirs, tmp_path / "same.pt")
+    assert bench_data._compare_first(ours, tmp_path / "same.pt") == (
+        "first batch: input_ids and labels identical, pixels within 2.00/255"
+    )
+    theirs["labels"][1, 1] = -100
+    theirs["input_ids"] = theirs["input_ids"][:, :2]
+    torch.save(theirs, tmp_path / "differs.pt")
+    assert bench_data._compare_first(ours, tmp_path / "differs.pt") == (
+        "first batch: input_ids shape (2, 3) vs (2, 2); labels MISMATCH in samples [1], pixels within 2.00/255"
+    )
+
+
+@pytest.mark.parametrize(
+    "flags, dtype, reason",
+    [
+        ({"avx2", "avx512f", "avx512_bf16"}, "bfloat16", ""),
+        ({"avx2", "amx_bf16", "amx_tile"}, "bfloat16", ""),
+        ({"avx2", "avx512f", "avx512bw"}, "float32", "no native bf16 on this CPU"),
+        (set(), "float32", "no native bf16 on this CPU"),
+    ],
+)
+def test_memory_benchmark_dtype_is_native_to_the_cpu(flags, dtype, reason):
+    import torch
+
+    sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
+    from common import dtype_label, native_cpu_dtype
+
+    assert native_cpu_dtype(frozenset(flags)) == (getattr(torch, dtype), reason)
+    assert dtype_label(getattr(torch, dtype)) == {"bfloat16": "bf16", "float32": "fp32"}[dtype]

@@ -22,11 +22,14 @@ from safetensors.torch import load_file
 
 from llava.distributed import state as distributed
 from llava.distributed.zero3 import (
+    ALONE_BYTES,
+    _take_gathered,
     gather_to_cpu,
     get_mm_adapter_state_maybe_zero_3,
     get_peft_state_maybe_zero_3,
     get_peft_state_non_lora_maybe_zero_3,
     maybe_zero_3,
+    plan_buckets,
 )
 
 PREFIX = "base_model.model.model"
@@ -131,6 +134,50 @@ def test_gather_accepts_mapping_and_keeps_order(peft_model: PeftModel) -> None:
     assert list(gather_to_cpu(named)) == list(named)
     with pytest.raises(ValueError, match="bucket_bytes must be >= 0"):
         gather_to_cpu(named, bucket_bytes=-1)
+
+
+MIB = 2**20
+
+
+@pytest.mark.parametrize(
+    ("sizes", "bucket_bytes", "plan"),
+    [
+        # Small tensors fill buckets in order; the one that would overflow starts the next bucket.
+        ([100, 200, 300, 400], 600, [[0, 1, 2], [3]]),
+        ([100, 200, 300, 400], 300, [[0, 1], [2], [3]]),
+        # A tensor of ALONE_BYTES or more is gathered alone, when it comes; the open bucket goes on filling.
+        ([100, MIB, 200, 3 * MIB, 300], 256 * MIB, [[1], [3], [0, 2, 4]]),
+        ([MIB - 1, MIB, 2], 256 * MIB, [[1], [0, 2]]),
+        # A bucket never passes bucket_bytes, even with the big ones left out.
+        ([600, MIB, 600, 600], 1200, [[1], [0, 2], [3]]),
+        # 0: every tensor alone, in order (upstream's one context per tensor).
+        ([100, MIB, 200], 0, [[0], [1], [2]]),
+        ([], 256 * MIB, []),
+    ],
+)
+def test_plan_buckets(sizes: list[int], bucket_bytes: int, plan: list[list[int]]) -> None:
+    assert ALONE_BYTES == MIB
+    assert plan_buckets(sizes, bucket_bytes) == plan
+
+
+def test_gathered_buffer_is_returned_only_when_it_holds_exactly_that_tensor() -> None:
+    """`_take_gathered` inside a gather: the fresh CPU buffer itself, else a copy (padded buffer, own partition)."""
+    partition = torch.arange(6.0)
+
+    def param_with(data: torch.Tensor) -> torch.nn.Parameter:
+        param = torch.nn.Parameter(data, requires_grad=True)
+        param.ds_tensor = partition
+        return param
+
+    fresh = param_with(torch.arange(12.0).view(3, 4))
+    taken = _take_gathered(fresh)
+    assert taken.untyped_storage().data_ptr() == fresh.data.untyped_storage().data_ptr()
+    assert not taken.requires_grad and torch.equal(taken, torch.arange(12.0).view(3, 4))
+    padded = param_with(torch.arange(12.0).narrow(0, 0, 11))  # 11 elements in a buffer of 12 (2 ranks x 6)
+    for param in (padded, param_with(partition.view(2, 3))):  # world size 1: the data is the partition
+        taken = _take_gathered(param)
+        assert taken.untyped_storage().data_ptr() != param.data.untyped_storage().data_ptr()
+        assert torch.equal(taken, param.data) and taken.untyped_storage().nbytes() == taken.numel() * 4
 
 
 def test_maybe_zero_3_copies_plain_tensor() -> None:

@@ -6,13 +6,20 @@ parameter (`param.shape` is `torch.Size([0])`, the slice is `param.ds_tensor`, t
 `param.ds_shape`). Gathering is a collective: every rank must call these helpers with the same
 parameters in the same order, even though usually only rank 0 writes the result.
 
-Parameters are gathered in buckets: one `deepspeed.zero.GatheredParameters` context per bucket of
-at most `bucket_bytes` (full-size) bytes, instead of upstream's one context per tensor. That keeps
-the number of synchronisation points small (LoRA on every linear of a 7B Llama is 448 tensors)
-while the memory held at once stays bounded by the bucket size. Parameters ZeRO-3 already holds
-whole (below `stage3_param_persistence_threshold`, or inside an enclosing gather) are copied as they
-are: upstream's per-tensor contexts re-partitioned them, so they had to be fetched again. Without
-ZeRO-3 (no `ds_id` on any parameter) nothing is gathered and deepspeed is not imported.
+Small parameters are gathered in buckets: one `deepspeed.zero.GatheredParameters` context per
+bucket of at most `bucket_bytes` (full-size) bytes, instead of upstream's one context per tensor,
+which pays a collective's fixed cost per tensor (LoRA r 8 on every linear of a 7B Llama is 448
+tensors of 0.1-0.4 MB). A parameter of `ALONE_BYTES` or more is gathered in a context of its own:
+DeepSpeed's batched gather still runs one collective per parameter (launched together, then
+awaited), so batching large tensors saves nothing and allocates every gather buffer of the bucket
+at once, and one flat collective over the bucket is no faster either (on 2 CPU processes over gloo
+a 64 MiB message moves at a quarter of the rate of a 1 MiB one; benchmarks/RESULTS.md has the
+measurements). On CPU the gathered buffer itself becomes the returned tensor, where it holds exactly
+that tensor: upstream copied every gathered tensor once more (`.cpu().clone()`), which on CPU costs
+a fresh allocation and a pass over all the bytes. Parameters ZeRO-3 already holds whole (below
+`stage3_param_persistence_threshold`, or inside an enclosing gather) are copied as they are:
+upstream's per-tensor contexts re-partitioned them, so they had to be fetched again. Without ZeRO-3
+(no `ds_id` on any parameter) nothing is gathered and deepspeed is not imported.
 
 `disable_4bit_cpu_repacking` lives here too: it is what 4-bit weights need to survive ZeRO-3
 partitioning on CPU (docs/qlora_zero3.md).
@@ -31,6 +38,11 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_BUCKET_BYTES = 256 * 2**20
 """Full-size bytes gathered per `GatheredParameters` context; 0 gathers one tensor at a time."""
+
+ALONE_BYTES = 2**20
+"""A parameter this large (full-size bytes) or larger is gathered alone: past about 1 MB a gather is bound by
+bandwidth, not by the collective's fixed cost (measured on 2 CPU ranks over gloo: 0.5 ms fixed, about 1 GB/s), so
+grouping gains nothing."""
 
 LORA_MARKER = "lora_"
 """PEFT names every LoRA tensor `<module>.lora_<A|B|embedding_A|...>.<adapter>...`."""
@@ -197,30 +209,59 @@ def _gather_to_cpu(named: dict[str, torch.Tensor], bucket_bytes: int, warn_infli
             logger.warning("%s: ZeRO-3 parameter is being gathered elsewhere (status %s)", name, status)
         to_gather.append((name, tensor))
 
-    for bucket in _buckets(to_gather, bucket_bytes):
-        with zero.GatheredParameters([tensor for _, tensor in bucket]):
-            for name, tensor in bucket:
-                copies[name] = _cpu_copy(tensor.data)
+    # Sizes from `ds_numel` (the full element count) are identical on every rank, so every rank plans the same
+    # buckets in the same order and the collectives line up.
+    sizes = [tensor.ds_numel * tensor.element_size() for _, tensor in to_gather]
+    for bucket in plan_buckets(sizes, bucket_bytes):
+        members = [to_gather[index] for index in bucket]
+        with zero.GatheredParameters([tensor for _, tensor in members]):
+            for name, tensor in members:
+                copies[name] = _take_gathered(tensor)
     return {name: copies[name] for name in named}
 
 
-def _buckets(named: list[tuple[str, torch.Tensor]], bucket_bytes: int) -> Iterator[list[tuple[str, torch.Tensor]]]:
-    """Consecutive groups whose full sizes sum to at most `bucket_bytes` (a larger tensor goes alone).
+def plan_buckets(sizes: Sequence[int], bucket_bytes: int, alone_bytes: int = ALONE_BYTES) -> list[list[int]]:
+    """Which tensors (indices into `sizes`, their full sizes in bytes) share a gather, in the order the gathers run.
 
-    Sizes come from `ds_numel` (the full element count), identical on every rank, so every rank
-    forms the same buckets and the collectives line up.
+    A tensor of at least `alone_bytes` is gathered alone, at once. Smaller ones fill a bucket in order until the
+    next would take it past `bucket_bytes`; a bucket is gathered when it is full, and the last one at the end.
+    `bucket_bytes` 0 gathers every tensor alone (upstream's way).
     """
-    bucket: list[tuple[str, torch.Tensor]] = []
-    size = 0
-    for name, tensor in named:
-        nbytes = tensor.ds_numel * tensor.element_size()
-        if bucket and size + nbytes > bucket_bytes:
-            yield bucket
-            bucket, size = [], 0
-        bucket.append((name, tensor))
-        size += nbytes
+    plan: list[list[int]] = []
+    bucket: list[int] = []
+    used = 0
+    for index, nbytes in enumerate(sizes):
+        if nbytes >= alone_bytes or bucket_bytes == 0:
+            plan.append([index])
+            continue
+        if bucket and used + nbytes > bucket_bytes:
+            plan.append(bucket)
+            bucket, used = [], 0
+        bucket.append(index)
+        used += nbytes
     if bucket:
-        yield bucket
+        plan.append(bucket)
+    return plan
+
+
+def _take_gathered(param: torch.Tensor) -> torch.Tensor:
+    """The full CPU tensor of a parameter inside the `GatheredParameters` context that gathered it.
+
+    On CPU DeepSpeed gathers each parameter into a fresh buffer of its own and drops it when it re-partitions the
+    parameter, so the buffer can be returned as it is. It is copied where it holds more than this tensor (a
+    partition padded to a multiple of the world size) or is the rank's own partition (world size 1), and on an
+    accelerator, where the copy to CPU is needed anyway.
+    """
+    data = param.data
+    storage = data.untyped_storage()
+    owned = (
+        data.device.type == "cpu"
+        and data.storage_offset() == 0
+        and storage.nbytes() == data.numel() * data.element_size()
+        and getattr(param, "ds_tensor", None) is not None
+        and storage.data_ptr() != param.ds_tensor.untyped_storage().data_ptr()
+    )
+    return data.detach() if owned else _cpu_copy(data)
 
 
 @contextlib.contextmanager
