@@ -141,7 +141,8 @@ class LazySupervisedDataset(Dataset):
         path = os.path.join(self.data_args.image_folder or "", record["image"])
         try:
             with Image.open(path) as image:
-                return image.convert("RGB")
+                image.load()  # decoded here, so that the file can close; an RGB image needs no converted copy
+                return image if image.mode == "RGB" else image.convert("RGB")
         except FileNotFoundError as err:
             raise FileNotFoundError(
                 f"sample {sample_id(record, i)!r} in {self.data_path}: image {path!r} not found; check --image_folder "
