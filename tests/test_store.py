@@ -374,6 +374,15 @@ def test_the_split_pre_check_equals_the_whole_one(tiny, mixed_records, world):
     assert gathered.problems == whole
 
 
+def test_a_share_of_the_pre_check_without_gather_is_refused(tiny, mixed_records):
+    """A process checking only its share would otherwise enforce a partial report."""
+    with pytest.raises(ValueError, match="checking share 1 of 2 needs gather="):
+        validate_for_training(
+            mixed_records, data_path="data.json", image_folder=tiny.image_folder, conv=CONV, is_multimodal=True,
+            rank=1, world=2,
+        )  # fmt: skip
+
+
 def test_drop_invalid_returns_a_view_of_the_store(mixed_records, tiny, caplog):
     import logging
 

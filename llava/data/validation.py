@@ -349,6 +349,8 @@ def validate_for_training(
     In a job of ``world`` processes each checks its share (`check_shard`) and ``gather`` (every process's object
     from its own, e.g. over ``torch.distributed.all_gather_object``) brings the shards together, so that every
     process holds the same whole `Report`."""
+    if world > 1 and gather is None:
+        raise ValueError(f"checking share {rank} of {world} needs gather= to bring every process's findings together")
     shard = check_shard(
         records, rank=rank, world=world, image_folder=image_folder, conv=conv, is_multimodal=is_multimodal,
         decode=decode, progress=progress,
