@@ -82,7 +82,9 @@ def test_record_sources_are_each_records_own_text(tmp_path, text):
     data = tmp_path / "data.json"
     data.write_text(text)
     pairs = list(record_sources(data))
-    assert [record for record, _ in pairs] == load_records(data)
+    # The json module's own reading of the file: the whole list at once, or one line at a time.
+    expected = json.loads(text) if text.lstrip().startswith("[") else [json.loads(x) for x in text.splitlines() if x]
+    assert [record for record, _ in pairs] == load_records(data) == expected
     assert all(json.loads(source) == record for record, source in pairs)
     assert all(source in text for _, source in pairs)  # the file's own text, not a new encoding
 
@@ -101,6 +103,9 @@ def test_record_sources_are_each_records_own_text(tmp_path, text):
 def test_record_sources_refuse_what_load_records_refuses(tmp_path, text, message):
     data = tmp_path / "data.json"
     data.write_text(text)
+    if message == "not valid JSON":
+        with pytest.raises(json.JSONDecodeError):
+            json.loads(text)  # the json module refuses it too
     with pytest.raises(ValueError, match=message):
         load_records(data)
     with pytest.raises(ValueError, match=message):
