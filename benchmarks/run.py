@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
 
     transformers.utils.logging.set_verbosity_error()
     logging.getLogger().setLevel(logging.ERROR)
-    from llava.tiny import build_all
+    from llava.testing import build_all
 
     rows, timings = [], {}
     with tempfile.TemporaryDirectory() as tmp:

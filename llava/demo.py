@@ -2,7 +2,7 @@
 
     python -m llava.demo            (what `make demo` runs)
 
-1. builds the tiny Vicuna-like model, CLIP tower, pretrained projector and dataset (`llava.tiny`);
+1. builds the tiny Vicuna-like model, CLIP tower, pretrained projector and dataset (`llava.testing`);
 2. fine-tunes with LoRA through upstream's own command line - `deepspeed --num_gpus 2 llava/train/train_mem.py
    --deepspeed configs/zero3.json --lora_enable True ...` - two DeepSpeed ZeRO-3 processes (over gloo on CPU);
 3. loads the result with `load_pretrained_model` (LoRA merged over the base) and asks it about a demo image;
@@ -100,14 +100,14 @@ def demo_image(color: str = DEMO_COLOR, shape: str = DEMO_SHAPE, seed: int = 123
     """A shape on gray, like the training images but never seen in training."""
     import random
 
-    from llava.tiny import draw_image
+    from llava.testing.data import draw_image
 
     return draw_image(random.Random(seed), color, shape, (40, 40), "RGB")
 
 
 def color_accuracy(assistant: Assistant) -> tuple[int, int]:
     """How many of the palette's colors the model names for unseen squares."""
-    from llava.tiny import COLORS
+    from llava.testing.data import COLORS
 
     right = sum(color in assistant.ask(demo_image(color, "square", seed=99)).lower() for color in COLORS)
     return right, len(COLORS)
@@ -169,7 +169,8 @@ def save_loss_curve(log_history: list[dict], path: Path) -> Path:
 
 def run(output_root: Path, epochs: int = 10, num_procs: int = 2, save_steps: int = 100) -> dict:
     """The whole demo; returns what it found (used by the test of the README's first command)."""
-    from llava.tiny import build_all, build_dataset
+    from llava.testing import build_all
+    from llava.testing.data import build_dataset
 
     started = time.monotonic()
     output_root.mkdir(parents=True, exist_ok=True)

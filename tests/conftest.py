@@ -1,4 +1,4 @@
-"""Shared fixtures: the tiny offline models and data built by `llava.tiny` (once per test session)."""
+"""Shared fixtures: the tiny offline models and data built by `llava.testing` (once per test session)."""
 
 from __future__ import annotations
 
@@ -51,7 +51,7 @@ def pytest_report_header(config) -> list[str]:
 @pytest.fixture(scope="session")
 def tiny(tmp_path_factory):
     """Paths of the tiny CLIP tower, Vicuna-like LM, LLaVA checkpoint, pretrained projector and dataset."""
-    from llava.tiny import build_all
+    from llava.testing import build_all
 
     return build_all(tmp_path_factory.mktemp("tiny"))
 
@@ -83,7 +83,7 @@ def upstream():
 def hub_cache(tiny, tmp_path_factory):
     """HF_HOME of an offline Hugging Face cache holding the tiny models under the released repo ids
     (`liuhaotian/llava-v1.5-7b`, `lmsys/vicuna-7b-v1.5`, `openai/clip-vit-large-patch14-336`, ...)."""
-    from llava.tiny import build_hub_cache
+    from llava.testing import build_hub_cache
 
     hf_home = tmp_path_factory.mktemp("hf_home")
     build_hub_cache(hf_home, tiny)

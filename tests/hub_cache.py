@@ -1,4 +1,4 @@
-"""Pointing a test at the offline Hugging Face cache that `llava.tiny.build_hub_cache` writes."""
+"""Pointing a test at the offline Hugging Face cache that `llava.testing.hub.build_hub_cache` writes."""
 
 from __future__ import annotations
 

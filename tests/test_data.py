@@ -14,7 +14,7 @@ from llava.data.dataset import DataCollatorForSupervisedDataset, LazySupervisedD
 from llava.data.preprocess import preprocess, preprocess_multimodal
 from llava.data.validation import DataValidationError
 from llava.mm_utils import expand2square, select_best_resolution
-from llava.tiny import CLIP_IMAGE_SIZE, IMAGE_GRID_PINPOINTS
+from llava.testing.sizes import CLIP_IMAGE_SIZE, IMAGE_GRID_PINPOINTS
 from llava.train.arguments import DataArguments
 
 

@@ -7,7 +7,7 @@ from PIL import Image
 from train_helpers import LORA_FILES
 
 from llava import demo
-from llava.tiny import COLORS
+from llava.testing.data import COLORS
 
 pytestmark = [pytest.mark.slow, pytest.mark.dist]
 
@@ -65,3 +65,28 @@ def test_demo_output_is_short(tmp_path, capsys):
         "          10  adapter_model.bin",
         "          15  checkpoint-2/  (2 files: the same LLaVA files, plus what resuming needs)",
     ]
+
+
+@pytest.mark.parametrize(("flag", "layer_class"), [("--load-4bit", "Linear4bit"), ("--load-8bit", "Linear8bitLt")])
+def test_demo_run_evaluates_quantized_on_cpu(two_runs, tmp_path, monkeypatch, flag, layer_class):
+    """The demo's run through `model_vqa_loader --load-4bit` / `--load-8bit` on the CPU: bitsandbytes' CPU 4-bit
+    kernel packs weights in blocks of 32 rows, so every linear layer of the tiny LM is a multiple of 32 wide."""
+    import json
+
+    from llava.eval import common, model_vqa_loader
+
+    result, output_root = two_runs[0]
+    questions = tmp_path / "questions.jsonl"
+    questions.write_text(json.dumps({"question_id": 0, "image": "demo_image.png", "text": demo.QUESTION}) + "\n")
+    loaded = []
+    load = common.load_model
+    monkeypatch.setattr(common, "load_model", lambda args: loaded.append(load(args)) or loaded[-1])
+    answers = tmp_path / "answers.jsonl"
+    model_vqa_loader.main([
+        "--model-path", str(result["run_dir"]), "--model-base", str(output_root / "tiny" / "vicuna-tiny"),
+        "--question-file", str(questions), "--image-folder", str(output_root), "--answers-file", str(answers),
+        "--temperature", "0", "--max_new_tokens", "16", "--device", "cpu", "--num-workers", "0", flag,
+    ])  # fmt: skip
+    assert layer_class in {type(module).__name__ for module in loaded[0].model.get_model().layers.modules()}
+    (line,) = [json.loads(text) for text in answers.read_text().splitlines()]
+    assert line["question_id"] == 0 and line["text"].strip()

@@ -231,15 +231,22 @@ def test_bad_flags_are_reported_together_before_loading(question_files, tmp_path
                         "--batch-size", "0", "--num-chunks", "2", "--chunk-idx", "2"])  # fmt: skip
 
 
-def test_8bit_lora_run_answers(question_files, lora_run, tiny, tmp_path):
-    """bitsandbytes 8-bit loading of the LoRA run (merged over its base) answers every question. (4-bit inference on
-    CPU needs layer widths divisible by 32 in bitsandbytes 0.50's CPU kernel; the tiny model's MLP is 172 wide.)"""
-    from llava.eval import model_vqa_loader
+@pytest.mark.parametrize(("flag", "layer_class"), [("--load-4bit", "Linear4bit"), ("--load-8bit", "Linear8bitLt")])
+def test_quantized_lora_run_answers(question_files, lora_run, tiny, tmp_path, monkeypatch, flag, layer_class):
+    """bitsandbytes 4-bit and 8-bit loading of the LoRA run (merged over its base) answers every question, on the
+    CPU too: every linear layer of the tiny LM is a multiple of 32 wide, as bitsandbytes' CPU 4-bit kernel needs."""
+    from llava.eval import common, model_vqa_loader
 
+    loaded = []
+    load = common.load_model
+    monkeypatch.setattr(common, "load_model", lambda args: loaded.append(load(args)) or loaded[-1])
     answers = tmp_path / "answers.jsonl"
     argv = _argv("model_vqa_loader", question_files, lora_run, tiny, answers, 0)
     argv[argv.index("--num-chunks") + 1] = "1"
-    model_vqa_loader.main([*argv, "--load-8bit", "--num-workers", "0"])
+    model_vqa_loader.main([*argv, flag, "--num-workers", "0"])
+    layers = {type(module).__name__ for module in loaded[0].model.get_model().layers.modules()}
+    assert layer_class in layers
     lines = [json.loads(line) for line in answers.read_text().splitlines()]
     assert [line["question_id"] for line in lines] == _expected_ids("model_vqa_loader", question_files)
     assert all(list(line) == list(ANSWER_KEYS) for line in lines)
+    assert all(line["text"] for line in lines)

@@ -18,8 +18,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from llava import tiny as tiny_lib
 from llava.model.hub import HubResolutionError, is_hub_id, resolve_file, resolve_model_dir
+from llava.testing import build as tiny_build
+from llava.testing import hub as tiny_hub
+from llava.testing import sizes as tiny_sizes
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 QUESTION = "What color is the shape in the image?"
@@ -48,31 +50,31 @@ def _shard_state(directory: Path) -> dict[str, torch.Tensor]:
     ("repo_id", "files"),
     [
         (
-            tiny_lib.LLAVA_7B_REPO,
+            tiny_hub.LLAVA_7B_REPO,
             RELEASE_SHARDS
             | TOKENIZER_FILES
             | {"config.json", "pytorch_model.bin.index.json", "generation_config.json"},
         ),
         (
-            tiny_lib.LLAVA_13B_REPO,
+            tiny_hub.LLAVA_13B_REPO,
             RELEASE_SHARDS
             | TOKENIZER_FILES
             | {"config.json", "pytorch_model.bin.index.json", "generation_config.json"},
         ),
         (
-            tiny_lib.VICUNA_7B_REPO,
+            tiny_hub.VICUNA_7B_REPO,
             RELEASE_SHARDS
             | TOKENIZER_FILES
             | {"config.json", "pytorch_model.bin.index.json", "generation_config.json"},
         ),
         (
-            tiny_lib.VICUNA_13B_REPO,
+            tiny_hub.VICUNA_13B_REPO,
             RELEASE_SHARDS
             | TOKENIZER_FILES
             | {"config.json", "pytorch_model.bin.index.json", "generation_config.json"},
         ),
-        (tiny_lib.CLIP_336_REPO, {"config.json", "preprocessor_config.json", "pytorch_model.bin"}),
-        (tiny_lib.PROJECTOR_7B_REPO, {"config.json", "mm_projector.bin"}),
+        (tiny_hub.CLIP_336_REPO, {"config.json", "preprocessor_config.json", "pytorch_model.bin"}),
+        (tiny_hub.PROJECTOR_7B_REPO, {"config.json", "mm_projector.bin"}),
     ],
 )
 def test_cache_resolves_offline_like_a_download(hub, repo_id, files):
@@ -89,7 +91,7 @@ def test_cache_resolves_offline_like_a_download(hub, repo_id, files):
 
 
 def test_release_layout_matches_the_real_one(hub, tiny):
-    llava_dir = resolve_model_dir(tiny_lib.LLAVA_7B_REPO)
+    llava_dir = resolve_model_dir(tiny_hub.LLAVA_7B_REPO)
     config = json.loads((llava_dir / "config.json").read_text())
     assert config["model_type"] == "llava" and config["architectures"] == ["LlavaLlamaForCausalLM"]
     assert (config["torch_dtype"], config["transformers_version"], config["rope_scaling"]) == (
@@ -98,7 +100,7 @@ def test_release_layout_matches_the_real_one(hub, tiny):
         None,
     )
     assert "mm_patch_merge_type" not in config and "rope_theta" not in config
-    assert config["mm_vision_tower"] == tiny_lib.CLIP_336_REPO
+    assert config["mm_vision_tower"] == tiny_hub.CLIP_336_REPO
     state = _shard_state(llava_dir)
     assert {tensor.dtype for tensor in state.values()} == {torch.float16}
     assert not any("vision_tower" in key for key in state)
@@ -108,13 +110,13 @@ def test_release_layout_matches_the_real_one(hub, tiny):
     tiny_state = load_file(Path(tiny.llava) / "model.safetensors")
     assert all(torch.equal(state[key], tiny_state[key].half()) for key in tiny_state)
 
-    vicuna = _shard_state(resolve_model_dir(tiny_lib.VICUNA_7B_REPO))
+    vicuna = _shard_state(resolve_model_dir(tiny_hub.VICUNA_7B_REPO))
     assert {tensor.dtype for tensor in vicuna.values()} == {torch.float16} and "lm_head.weight" in vicuna
 
-    clip = torch.load(resolve_model_dir(tiny_lib.CLIP_336_REPO) / "pytorch_model.bin", weights_only=True)
+    clip = torch.load(resolve_model_dir(tiny_hub.CLIP_336_REPO) / "pytorch_model.bin", weights_only=True)
     assert any(key.startswith("text_model.") for key in clip) and any(key.startswith("vision_model.") for key in clip)
-    processor = json.loads((resolve_model_dir(tiny_lib.CLIP_336_REPO) / "preprocessor_config.json").read_text())
-    assert processor["crop_size"] == {"height": tiny_lib.CLIP_IMAGE_SIZE, "width": tiny_lib.CLIP_IMAGE_SIZE}
+    processor = json.loads((resolve_model_dir(tiny_hub.CLIP_336_REPO) / "preprocessor_config.json").read_text())
+    assert processor["crop_size"] == {"height": tiny_sizes.CLIP_IMAGE_SIZE, "width": tiny_sizes.CLIP_IMAGE_SIZE}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -144,9 +146,9 @@ def test_a_local_directory_wins_over_a_hub_id(hub, tmp_path, monkeypatch):
 
 
 def test_a_file_in_a_repo_resolves(hub, tiny):
-    path = resolve_file(tiny_lib.PROJECTOR_7B_FILE)
+    path = resolve_file(tiny_hub.PROJECTOR_7B_FILE)
     assert path.name == "mm_projector.bin" and path.parent.parent.parent.name.endswith(
-        tiny_lib.PROJECTOR_7B_REPO.split("/")[1]
+        tiny_hub.PROJECTOR_7B_REPO.split("/")[1]
     )
     assert resolve_file(tiny.projector) == Path(tiny.projector)
 
@@ -201,9 +203,9 @@ def test_transformers_own_llava_registration_is_intact(hub):
 
     assert type(AutoConfig.for_model("llava")) is transformers.LlavaConfig
     assert type(AutoConfig.for_model("llava_llama")) is LlavaConfig
-    config = load_checkpoint_config(resolve_model_dir(tiny_lib.LLAVA_7B_REPO))
+    config = load_checkpoint_config(resolve_model_dir(tiny_hub.LLAVA_7B_REPO))
     assert type(config) is LlavaConfig and config.model_type == "llava_llama"
-    assert config.mm_vision_tower == tiny_lib.CLIP_336_REPO and config.hidden_size == tiny_lib.LLM_HIDDEN
+    assert config.mm_vision_tower == tiny_hub.CLIP_336_REPO and config.hidden_size == tiny_sizes.LLM_HIDDEN
 
 
 def test_transformers_format_llava_is_named_not_misread(tmp_path):
@@ -223,13 +225,13 @@ def test_load_pretrained_model_accepts_the_release_hub_id(hub, tiny):
     from llava.model.language_model.llava_llama import LlavaLlamaForCausalLM
 
     tokenizer, model, processor, context_len = load_pretrained_model(
-        tiny_lib.LLAVA_7B_REPO, None, "llava-v1.5-7b", device="cpu"
+        tiny_hub.LLAVA_7B_REPO, None, "llava-v1.5-7b", device="cpu"
     )
     assert type(model) is LlavaLlamaForCausalLM and model.config.model_type == "llava_llama"
     assert {param.dtype for param in model.parameters()} == {torch.float32}  # not the checkpoint's fp16
     tower = model.get_vision_tower()
-    assert tower.is_loaded and tower.vision_tower_name == tiny_lib.CLIP_336_REPO
-    assert processor.crop_size == {"height": tiny_lib.CLIP_IMAGE_SIZE, "width": tiny_lib.CLIP_IMAGE_SIZE}
+    assert tower.is_loaded and tower.vision_tower_name == tiny_hub.CLIP_336_REPO
+    assert processor.crop_size == {"height": tiny_sizes.CLIP_IMAGE_SIZE, "width": tiny_sizes.CLIP_IMAGE_SIZE}
     assert context_len == 2048 and tokenizer.bos_token_id == 1
     tiny_state = load_file(Path(tiny.llava) / "model.safetensors")
     own = model.state_dict()
@@ -239,15 +241,15 @@ def test_load_pretrained_model_accepts_the_release_hub_id(hub, tiny):
 def test_run_llava_and_cli_accept_the_release_hub_id(hub, tiny, capsys):
     from llava.eval.run_llava import main
 
-    argv = ["--model-path", tiny_lib.LLAVA_7B_REPO, "--image-file", str(_image_file(tiny)), "--query", QUESTION,
+    argv = ["--model-path", tiny_hub.LLAVA_7B_REPO, "--image-file", str(_image_file(tiny)), "--query", QUESTION,
             "--temperature", "0", "--max_new_tokens", "6", "--device", "cpu"]  # fmt: skip
     answer = main(argv)
     assert answer and capsys.readouterr().out.strip() == answer
-    local = main(argv[:1] + [str(resolve_model_dir(tiny_lib.LLAVA_7B_REPO))] + argv[2:])
+    local = main(argv[:1] + [str(resolve_model_dir(tiny_hub.LLAVA_7B_REPO))] + argv[2:])
     assert local == answer
 
     result = subprocess.run(
-        [sys.executable, "-m", "llava.serve.cli", "--model-path", tiny_lib.LLAVA_7B_REPO, "--image-file",
+        [sys.executable, "-m", "llava.serve.cli", "--model-path", tiny_hub.LLAVA_7B_REPO, "--image-file",
          str(_image_file(tiny)), "--device", "cpu", "--temperature", "0", "--max-new-tokens", "6"],
         input=f"{QUESTION}\n\n", capture_output=True, text=True, timeout=300,
         env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
@@ -262,11 +264,11 @@ def test_vision_tower_and_projector_from_hub_ids(hub, tiny):
 
     from llava.model.multimodal_encoder.builder import build_vision_tower
 
-    tower = build_vision_tower(types.SimpleNamespace(mm_vision_tower=tiny_lib.CLIP_336_REPO, mm_vision_select_layer=-2))
+    tower = build_vision_tower(types.SimpleNamespace(mm_vision_tower=tiny_hub.CLIP_336_REPO, mm_vision_select_layer=-2))
     reference = build_vision_tower(
         types.SimpleNamespace(mm_vision_tower=str(tiny.vision_tower), mm_vision_select_layer=-2)
     )
-    pixels = torch.rand(1, 3, tiny_lib.CLIP_IMAGE_SIZE, tiny_lib.CLIP_IMAGE_SIZE)
+    pixels = torch.rand(1, 3, tiny_sizes.CLIP_IMAGE_SIZE, tiny_sizes.CLIP_IMAGE_SIZE)
     assert torch.equal(tower(pixels), reference(pixels))
     with pytest.raises(HubResolutionError, match="'openai/clip-vit-base-patch32'"):
         build_vision_tower(
@@ -277,7 +279,7 @@ def test_vision_tower_and_projector_from_hub_ids(hub, tiny):
 @pytest.mark.parametrize(
     ("adapter", "problem"),
     [
-        (tiny_lib.PROJECTOR_7B_FILE, None),
+        (tiny_hub.PROJECTOR_7B_FILE, None),
         (
             "liuhaotian/llava-v1.5-mlp2x-336px-pretrain-vicuna-13b-v1.5/mm_projector.bin",
             "hf download liuhaotian/llava-v1.5-mlp2x-336px-pretrain-vicuna-13b-v1.5 mm_projector.bin",
@@ -288,7 +290,7 @@ def test_vision_tower_and_projector_from_hub_ids(hub, tiny):
 def test_pretrain_adapter_may_be_a_hub_file(hub, tiny, adapter, problem):
     from llava.train.arguments import ArgumentsError, parse_args
 
-    argv = ["--model_name_or_path", tiny_lib.VICUNA_7B_REPO, "--vision_tower", tiny_lib.CLIP_336_REPO,
+    argv = ["--model_name_or_path", tiny_hub.VICUNA_7B_REPO, "--vision_tower", tiny_hub.CLIP_336_REPO,
             "--pretrain_mm_mlp_adapter", adapter, "--data_path", str(tiny.data), "--version", "v1",
             "--output_dir", "/tmp/unused", "--report_to", "none"]  # fmt: skip
     if problem is None:
@@ -393,18 +395,18 @@ def test_cache_dir_is_honoured(hub_cache, tmp_path, monkeypatch):
 
     use_hub_cache(monkeypatch, tmp_path / "empty-home")  # the default cache has nothing
     with pytest.raises(HubResolutionError, match="cache .*empty-home"):
-        resolve_model_dir(tiny_lib.VICUNA_7B_REPO)
-    resolved = resolve_model_dir(tiny_lib.VICUNA_7B_REPO, cache_dir=hub_cache / "hub")
+        resolve_model_dir(tiny_hub.VICUNA_7B_REPO)
+    resolved = resolve_model_dir(tiny_hub.VICUNA_7B_REPO, cache_dir=hub_cache / "hub")
     assert resolved.parent.parent == hub_cache / "hub" / "models--lmsys--vicuna-7b-v1.5"
 
 
 def test_tiny_cli_writes_the_hub_cache(tiny, tmp_path, capsys):
-    tiny_lib.main([str(tiny.root), "--hub-cache", str(tmp_path)])
+    tiny_build.main([str(tiny.root), "--hub-cache", str(tmp_path)])
     assert f"hub cache: {tmp_path / 'hub'} (HF_HOME={tmp_path})" in capsys.readouterr().out
     repos = sorted(path.name for path in (tmp_path / "hub").glob("models--*"))
-    expected = [tiny_lib.CLIP_336_REPO, tiny_lib.PROJECTOR_7B_REPO, *tiny_lib.VICUNA_REPOS, *tiny_lib.LLAVA_REPOS]
+    expected = [tiny_hub.CLIP_336_REPO, tiny_hub.PROJECTOR_7B_REPO, *tiny_hub.VICUNA_REPOS, *tiny_hub.LLAVA_REPOS]
     assert repos == sorted(f"models--{repo.replace('/', '--')}" for repo in expected)
     # Same files, same revision: a rebuild elsewhere gives the same cache.
     revision = (tmp_path / "hub" / "models--liuhaotian--llava-v1.5-7b" / "refs" / "main").read_text()
-    tiny_lib.build_hub_cache(tmp_path / "again", tiny)
+    tiny_hub.build_hub_cache(tmp_path / "again", tiny)
     assert (tmp_path / "again" / "hub" / "models--liuhaotian--llava-v1.5-7b" / "refs" / "main").read_text() == revision

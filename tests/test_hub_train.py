@@ -14,8 +14,9 @@ import torch
 from hub_cache import use_hub_cache
 from train_helpers import LORA_FILES, checkpoints, files_in, load_bin, logged_losses, multimodal_flags
 
-from llava import tiny as tiny_lib
 from llava.model.hub import resolve_model_dir
+from llava.testing import hub as tiny_hub
+from llava.testing import sizes as tiny_sizes
 from llava.train.train import train
 
 pytestmark = pytest.mark.slow
@@ -27,8 +28,8 @@ LOSS_TOLERANCE = 1e-4
 def _release_flags(tiny, output_dir, **overrides) -> list[str]:
     """LoRA on top of liuhaotian/llava-v1.5-7b as finetune_task_lora.sh does (the projector comes with it)."""
     values = dict(
-        model_name_or_path=tiny_lib.LLAVA_7B_REPO,
-        vision_tower=tiny_lib.CLIP_336_REPO,
+        model_name_or_path=tiny_hub.LLAVA_7B_REPO,
+        vision_tower=tiny_hub.CLIP_336_REPO,
         pretrain_mm_mlp_adapter=None,
         max_steps=STEPS,
         save_steps=STEPS,
@@ -41,7 +42,7 @@ def _fp32_copy_of_release(directory: Path) -> Path:
     """The release's (fp16) weights upcast to fp32 in a plain local directory: the reference run's start."""
     from safetensors.torch import save_file
 
-    release = resolve_model_dir(tiny_lib.LLAVA_7B_REPO)
+    release = resolve_model_dir(tiny_hub.LLAVA_7B_REPO)
     index = json.loads((release / "pytorch_model.bin.index.json").read_text())
     state = {}
     for shard in sorted(set(index["weight_map"].values())):
@@ -81,7 +82,7 @@ def test_fp16_release_trains_in_fp32_like_the_fp32_reference(release_run):
         state = load_bin(output_dir / name)
         assert state and all(torch.isfinite(tensor).all() for tensor in state.values()), name
     config = json.loads((output_dir / "config.json").read_text())
-    assert config["model_type"] == "llava_llama" and config["mm_vision_tower"] == tiny_lib.CLIP_336_REPO
+    assert config["model_type"] == "llava_llama" and config["mm_vision_tower"] == tiny_hub.CLIP_336_REPO
 
 
 def test_merge_and_loader_take_the_release_hub_id_as_model_base(release_run, hub, tmp_path):
@@ -91,12 +92,12 @@ def test_merge_and_loader_take_the_release_hub_id_as_model_base(release_run, hub
     run_dir, save_dir = root / "from-release", tmp_path / "merged"
     result = subprocess.run(
         [sys.executable, str(REPO_ROOT / "scripts" / "merge_lora_weights.py"), "--model-path", str(run_dir),
-         "--model-base", tiny_lib.LLAVA_7B_REPO, "--save-model-path", str(save_dir), "--dtype", "float32"],
+         "--model-base", tiny_hub.LLAVA_7B_REPO, "--save-model-path", str(save_dir), "--dtype", "float32"],
         capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO_ROOT)}, timeout=300,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     _, merged, _, _ = load_pretrained_model(save_dir, None, device="cpu")
-    _, unmerged, _, _ = load_pretrained_model(run_dir, tiny_lib.LLAVA_7B_REPO, device="cpu")
+    _, unmerged, _, _ = load_pretrained_model(run_dir, tiny_hub.LLAVA_7B_REPO, device="cpu")
     ids = torch.tensor([[1, 319, 13, 4, 9]])
     with torch.no_grad():
         difference = (merged(input_ids=ids).logits - unmerged(input_ids=ids).logits).abs().max()
@@ -105,7 +106,7 @@ def test_merge_and_loader_take_the_release_hub_id_as_model_base(release_run, hub
 
 def test_spatial_unpad_over_a_release_creates_and_trains_image_newline(tiny, hub, tmp_path):
     output_dir = tmp_path / "unpad"
-    pinpoints = json.dumps(tiny_lib.IMAGE_GRID_PINPOINTS).replace(" ", "")
+    pinpoints = json.dumps(tiny_sizes.IMAGE_GRID_PINPOINTS).replace(" ", "")
     trainer = train(
         argv=_release_flags(
             tiny, output_dir, image_aspect_ratio="anyres", mm_patch_merge_type="spatial_unpad",
@@ -113,14 +114,14 @@ def test_spatial_unpad_over_a_release_creates_and_trains_image_newline(tiny, hub
         )
     )  # fmt: skip
     newline = dict(trainer.model.named_parameters())["base_model.model.model.image_newline"]
-    assert newline.requires_grad and newline.shape == (tiny_lib.LLM_HIDDEN,)
+    assert newline.requires_grad and newline.shape == (tiny_sizes.LLM_HIDDEN,)
     saved = load_bin(output_dir / "non_lora_trainables.bin")
     assert torch.equal(saved["base_model.model.model.image_newline"], newline.detach().cpu())
     assert json.loads((output_dir / "config.json").read_text())["mm_patch_merge_type"] == "spatial_unpad"
 
     from llava.model.builder import load_pretrained_model
 
-    _, model, _, _ = load_pretrained_model(output_dir, tiny_lib.LLAVA_7B_REPO, device="cpu")
+    _, model, _, _ = load_pretrained_model(output_dir, tiny_hub.LLAVA_7B_REPO, device="cpu")
     assert torch.equal(model.get_model().image_newline.detach(), newline.detach().cpu())
 
 
@@ -167,7 +168,7 @@ def test_zero3_bf16_lora_over_the_release_with_spatial_unpad(tiny, hub, tmp_path
     config["zero_optimization"]["stage3_param_persistence_threshold"] = 0
     (tmp_path / "zero3.json").write_text(json.dumps(config))
     output_dir = tmp_path / "run"
-    pinpoints = json.dumps(tiny_lib.IMAGE_GRID_PINPOINTS).replace(" ", "")
+    pinpoints = json.dumps(tiny_sizes.IMAGE_GRID_PINPOINTS).replace(" ", "")
     argv = _release_flags(
         tiny, output_dir, deepspeed=tmp_path / "zero3.json", bf16=True, image_aspect_ratio="anyres",
         mm_patch_merge_type="spatial_unpad", image_grid_pinpoints=pinpoints, max_steps=2, save_steps=2,
@@ -176,8 +177,11 @@ def test_zero3_bf16_lora_over_the_release_with_spatial_unpad(tiny, hub, tmp_path
     assert files_in(output_dir) == LORA_FILES | {"trainer_state.json"}
     non_lora = load_bin(output_dir / "non_lora_trainables.bin")
     newline = non_lora["base_model.model.model.image_newline"]
-    assert newline.shape == (tiny_lib.LLM_HIDDEN,) and newline.dtype == torch.bfloat16
-    assert non_lora["base_model.model.model.mm_projector.0.weight"].shape == (tiny_lib.LLM_HIDDEN, tiny_lib.CLIP_HIDDEN)
+    assert newline.shape == (tiny_sizes.LLM_HIDDEN,) and newline.dtype == torch.bfloat16
+    assert non_lora["base_model.model.model.mm_projector.0.weight"].shape == (
+        tiny_sizes.LLM_HIDDEN,
+        tiny_sizes.CLIP_HIDDEN,
+    )
     for state in (non_lora, load_bin(output_dir / "adapter_model.bin")):
         assert all(tensor.dtype == torch.bfloat16 and torch.isfinite(tensor).all() for tensor in state.values())
 

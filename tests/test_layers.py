@@ -17,7 +17,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("llava.conversation",),
     ("llava.model", "llava.data"),
     ("llava.train",),
-    ("llava.inference", "llava.launch", "llava.tiny"),
+    ("llava.inference", "llava.launch", "llava.testing"),
     ("llava.eval", "llava.serve", "llava.demo"),
 ]
 # `llava/__init__.py` only offers upstream's `from llava import LlavaLlamaForCausalLM`, lazily.

@@ -179,7 +179,7 @@ def no_processor_calls(tiny_image_processor, monkeypatch):
 def test_fast_transform_matches_the_processor_on_every_tiny_image(tiny, tiny_image_processor, aspect, monkeypatch):
     import json
 
-    from llava.tiny import IMAGE_GRID_PINPOINTS
+    from llava.testing.sizes import IMAGE_GRID_PINPOINTS
 
     cfg = types.SimpleNamespace(image_aspect_ratio=aspect, image_grid_pinpoints=IMAGE_GRID_PINPOINTS)
     records = [record for record in json.loads(tiny.data.read_text()) if "image" in record]
@@ -220,7 +220,7 @@ def _photo_like_jpeg(width: int, height: int, seed: int) -> Image.Image:
 def test_fast_transform_matches_clip_l_336_on_photos(size):
     from transformers import CLIPImageProcessorPil
 
-    from llava.tiny import CLIP_MEAN, CLIP_STD
+    from llava.testing.sizes import CLIP_MEAN, CLIP_STD
 
     processor = CLIPImageProcessorPil(
         size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336}, image_mean=CLIP_MEAN, image_std=CLIP_STD

@@ -14,7 +14,7 @@ from llava.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
 from llava.mm_utils import get_anyres_image_grid_shape
 from llava.model import LlavaConfig, LlavaLlamaForCausalLM
 from llava.model.llava_arch import unpad_image
-from llava.tiny import IMAGE_GRID_PINPOINTS
+from llava.testing.sizes import IMAGE_GRID_PINPOINTS
 
 IMG = IMAGE_TOKEN_INDEX
 PINPOINTS = str(IMAGE_GRID_PINPOINTS)

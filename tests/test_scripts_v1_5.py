@@ -20,9 +20,10 @@ from hub_cache import use_hub_cache
 from launch import REPO_ROOT, TEST_TIMEOUT_S, launch_env
 from train_helpers import LORA_FILES, files_in, load_bin, load_config
 
-from llava import tiny as tiny_lib
 from llava.model.builder import load_pretrained_model
 from llava.model.hub import resolve_model_dir
+from llava.testing import hub as tiny_hub
+from llava.testing import sizes as tiny_sizes
 
 SCRIPTS = REPO_ROOT / "scripts" / "v1_5"
 # One optimizer step at upstream's batch size of 16, on the one process the CPU accelerator reports here.
@@ -64,8 +65,8 @@ def _run_script(script: str, cwd: Path, hf_home: Path) -> subprocess.CompletedPr
 @pytest.mark.parametrize(
     ("script", "output", "base"),
     [
-        ("finetune_lora.sh", "llava-v1.5-13b-lora", tiny_lib.VICUNA_13B_REPO),
-        ("finetune_task_lora.sh", "llava-v1.5-13b-task-lora", tiny_lib.LLAVA_13B_REPO),
+        ("finetune_lora.sh", "llava-v1.5-13b-lora", tiny_hub.VICUNA_13B_REPO),
+        ("finetune_task_lora.sh", "llava-v1.5-13b-task-lora", tiny_hub.LLAVA_13B_REPO),
     ],
 )
 def test_upstream_lora_script_runs_unchanged(tiny, hub_cache, tmp_path, script, output, base):
@@ -84,9 +85,9 @@ def test_upstream_lora_script_runs_unchanged(tiny, hub_cache, tmp_path, script, 
     for state in (adapter, non_lora):
         assert all(torch.isfinite(tensor).all() and tensor.dtype == torch.bfloat16 for tensor in state.values())
     lora_a = adapter["base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight"]
-    assert lora_a.shape == (128, tiny_lib.LLM_HIDDEN)  # --lora_r 128
+    assert lora_a.shape == (128, tiny_sizes.LLM_HIDDEN)  # --lora_r 128
     config = load_config(output_dir)
-    assert (config["model_type"], config["mm_vision_tower"]) == ("llava_llama", tiny_lib.CLIP_336_REPO)
+    assert (config["model_type"], config["mm_vision_tower"]) == ("llava_llama", tiny_hub.CLIP_336_REPO)
     assert json.loads((output_dir / "adapter_config.json").read_text())["r"] == 128
 
     # The run loads back over the hub id it was trained from, as upstream's README does it.
@@ -100,12 +101,12 @@ def test_extract_mm_projector_from_the_release(hub, tmp_path):
     output = tmp_path / "mm_projector.bin"
     result = subprocess.run(
         [sys.executable, str(REPO_ROOT / "scripts" / "extract_mm_projector.py"), "--model-path",
-         tiny_lib.LLAVA_7B_REPO, "--output", str(output)],
+         tiny_hub.LLAVA_7B_REPO, "--output", str(output)],
         capture_output=True, text=True, env=launch_env(), timeout=120,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     extracted = load_bin(output)
-    release = resolve_model_dir(tiny_lib.LLAVA_7B_REPO)
+    release = resolve_model_dir(tiny_hub.LLAVA_7B_REPO)
     index = json.loads((release / "pytorch_model.bin.index.json").read_text())["weight_map"]
     expected_keys = {key for key in index if "mm_projector" in key}
     assert set(extracted) == expected_keys and len(expected_keys) == 4

@@ -9,7 +9,9 @@ import pytest
 import torch
 from PIL import Image
 
-from llava import tiny as tiny_lib
+from llava.testing import build as tiny_build
+from llava.testing import files as tiny_files
+from llava.testing import sizes as tiny_sizes
 
 
 def test_tokenizer_is_llama2_style(tiny_tokenizer):
@@ -58,7 +60,7 @@ def test_llm_and_llava_checkpoint_layout(tiny):
     from transformers import LlamaForCausalLM
 
     lm = LlamaForCausalLM.from_pretrained(tiny.llm)
-    assert lm.config.vocab_size == tiny_lib.VOCAB_SIZE
+    assert lm.config.vocab_size == tiny_sizes.VOCAB_SIZE
     config = json.loads((tiny.llava / "config.json").read_text())
     assert config["model_type"] == "llava_llama"
     assert config["mm_vision_tower"] == str(tiny.vision_tower)
@@ -102,10 +104,10 @@ def test_dataset_variety(tiny):
 
 @pytest.mark.slow
 def test_same_seed_same_bytes(tmp_path):
-    first = tiny_lib.build_all(tmp_path / "x")
-    digest = tiny_lib.tree_digest(first.root)
+    first = tiny_build.build_all(tmp_path / "x")
+    digest = tiny_files.tree_digest(first.root)
     shutil.move(tmp_path / "x", tmp_path / "y")
-    second = tiny_lib.build_all(tmp_path / "x")
-    assert tiny_lib.tree_digest(second.root) == digest
-    other = tiny_lib.build_all(tmp_path / "z", seed=1)
+    second = tiny_build.build_all(tmp_path / "x")
+    assert tiny_files.tree_digest(second.root) == digest
+    other = tiny_build.build_all(tmp_path / "z", seed=1)
     assert (other.llm / "model.safetensors").read_bytes() != (second.llm / "model.safetensors").read_bytes()

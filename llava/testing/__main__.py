@@ -1,0 +1,3 @@
+from llava.testing.build import main
+
+main()
