@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ast
 import importlib.util
+import json
 import logging
 import os
 import re
@@ -22,6 +23,7 @@ from typing import Literal, Optional, get_args
 
 import torch
 import transformers
+from transformers.trainer_pt_utils import AcceleratorConfig
 
 from llava.distributed.zero3 import LoraBias
 
@@ -36,7 +38,6 @@ PatchMergeType = Literal["flat", "spatial", "spatial_unpad"]
 LITERAL_FIELDS = frozenset(
     {"image_aspect_ratio", "lora_bias", "bits", "quant_type", "mm_vision_select_feature", "mm_patch_merge_type"}
 )
-# Makes transformers reuse the DeepSpeed state `setup_distributed` builds on CPU instead of building its own.
 # Projector names understood by llava.model.multimodal_projector.builder.build_vision_projector.
 PROJECTOR_TYPE_PATTERN = re.compile(r"linear|identity|mlp(\d+)x_gelu")
 
@@ -201,61 +202,35 @@ class TrainingArguments(transformers.TrainingArguments):
         self._map_warmup_ratio()
         if not torch.cuda.is_available():
             self._adapt_to_cpu()
-        # Parsing stays pure: transformers' __post_init__ would set up the devices (a process group under a
-        # launcher) and read the world size for the DeepSpeed config. Both wait for `setup_distributed`.
-        deepspeed, self.deepspeed = self.deepspeed, None
-        self._parsing = True
-        try:
-            super().__post_init__()
-        finally:
-            self.deepspeed = deepspeed
-            self._parsing = False
         if self.deepspeed and not torch.cuda.is_available():
             # DeepSpeed on CPU runs on the accelerate state `setup_distributed` creates (docs/upstream_differences.md,
-            # facts): transformers must reuse it instead of building a plain multi-CPU one. By now transformers has
-            # read --accelerator_config (a dict, JSON text or a file) into its AcceleratorConfig.
-            self.accelerator_config.use_configured_state = True
+            # facts): transformers must reuse it instead of building a plain multi-CPU one.
+            self.accelerator_config = _with_configured_state(self.accelerator_config)
         self._drop_missing_reporters()
-
-    @property
-    def _setup_devices(self) -> torch.device:
-        # transformers' cached property, entered through `self.device`: the process state comes first.
-        if self.__dict__.get("_parsing"):
-            return torch.device("cpu")  # a placeholder for transformers' own __post_init__; never cached
-        self.setup_distributed()
-        return transformers.TrainingArguments._setup_devices.__get__(self, type(self))
-
-    def __getattr__(self, name: str):
-        # transformers' world-size and rank properties read `distributed_state`, which the device set-up creates.
-        if name == "distributed_state" and not self.__dict__.get("_parsing"):
-            self.setup_distributed()
-            return self.__dict__["distributed_state"]
-        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+        # Parsing stays pure: transformers' own __post_init__ sets up the devices (a process group under a launcher)
+        # and sizes the DeepSpeed config for the world. It runs in `setup_distributed`, the explicit step that comes
+        # before the arguments are used.
 
     def setup_distributed(self) -> None:
-        """Create the process state this run needs: the DeepSpeed state over gloo on a machine without CUDA
-        (`llava.distributed.state.init_distributed_state`), the devices, and transformers' DeepSpeed config (which
-        ZeRO-3 needs before any model is created). Idempotent; `train()` calls it as its first step after parsing,
-        and the first use of `.device` calls it otherwise.
+        """Finish building the arguments on the process state this run needs: on a machine without CUDA, the
+        DeepSpeed state over gloo first (`llava.distributed.state.init_distributed_state`); then transformers' own
+        `__post_init__`, which sets up the devices on that state and reads the DeepSpeed config (ZeRO-3 needs it
+        before any model is created).
+
+        The explicit step before the arguments are used: `train()` runs it first thing after parsing and
+        `LLaVATrainer` when it is built; until then the arguments hold the flags as parsed and checked, and
+        transformers' derived fields (world size, device, DeepSpeed config) do not exist yet. Idempotent.
         """
         if self.__dict__.get("_distributed_ready"):
             return
-        self._distributed_ready = True
         if self.deepspeed:
             from llava.distributed.state import init_distributed_state, silence_deepspeed_deprecations
 
             silence_deepspeed_deprecations()
             if not torch.cuda.is_available():
                 init_distributed_state(self.deepspeed)
-        _ = self.device
-        if self.deepspeed:
-            # What transformers' __post_init__ does with --deepspeed, now that the world size is known.
-            from accelerate.utils import DeepSpeedPlugin
-            from transformers.integrations.deepspeed import HfTrainerDeepSpeedConfig
-
-            self.hf_deepspeed_config = HfTrainerDeepSpeedConfig(self.deepspeed)
-            self.hf_deepspeed_config.trainer_config_process(self)
-            self.deepspeed_plugin = DeepSpeedPlugin(hf_ds_config=self.hf_deepspeed_config)
+        super().__post_init__()
+        self._distributed_ready = True
 
     def _map_warmup_ratio(self) -> None:
         """--warmup_ratio r (transformers 4) == --warmup_steps r (transformers 5, for r < 1)."""
@@ -283,14 +258,31 @@ class TrainingArguments(transformers.TrainingArguments):
 
     def _drop_missing_reporters(self) -> None:
         """Drop `--report_to wandb` (upstream's scripts pass it) when wandb is not installed, with one warning."""
-        missing = [name for name in self.report_to if name == "wandb" and importlib.util.find_spec("wandb") is None]
-        if missing:
+        reporters = [self.report_to] if isinstance(self.report_to, str) else list(self.report_to or [])
+        if "wandb" in reporters and importlib.util.find_spec("wandb") is None:
             warnings.warn(
                 "--report_to wandb was given but wandb is not installed; not reporting to it "
                 "(pip install wandb to enable it).",
                 stacklevel=3,
             )
-            self.report_to = [name for name in self.report_to if name not in missing]
+            self.report_to = [name for name in reporters if name != "wandb"]
+
+
+def _with_configured_state(value) -> AcceleratorConfig:
+    """`--accelerator_config` as transformers accepts it (nothing, a dict, JSON text or a JSON file) with
+    `use_configured_state` on and the user's other settings kept."""
+    if isinstance(value, AcceleratorConfig):
+        config = value
+    elif value is None:
+        config = AcceleratorConfig()
+    elif isinstance(value, dict):
+        config = AcceleratorConfig(**value)
+    elif isinstance(value, str) and value.lstrip().startswith("{"):
+        config = AcceleratorConfig(**json.loads(value))
+    else:
+        config = AcceleratorConfig.from_json_file(value)
+    config.use_configured_state = True
+    return config
 
 
 def parse_args(
@@ -298,21 +290,23 @@ def parse_args(
 ) -> tuple[ModelArguments, DataArguments, TrainingArguments]:
     """Parse the command line (`sys.argv` when `argv` is None) into the three dataclasses and validate them.
 
-    Pure: nothing but the three objects is created (no process group, no environment variables).
+    Pure: nothing but the three objects is created (no process group, no environment variables); the process state
+    comes with `TrainingArguments.setup_distributed`.
     """
-    parser = transformers.HfArgumentParser((ModelArguments, DataArguments, TrainingArguments))
-    _leave_choices_to_validation(parser)
+    parser = _ArgumentParser((ModelArguments, DataArguments, TrainingArguments))
     model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=None if argv is None else list(argv))
     validate_args(model_args, data_args, training_args)
     return model_args, data_args, training_args
 
 
-def _leave_choices_to_validation(parser) -> None:
+class _ArgumentParser(transformers.HfArgumentParser):
     """HfArgumentParser turns `Literal` fields into argparse choices, and argparse stops at the first bad one;
     `validate_args` checks them instead, so that every problem is reported at once."""
-    for action in parser._actions:
-        if action.dest in LITERAL_FIELDS:
-            action.choices = None
+
+    def add_argument(self, *args, **kwargs):
+        if kwargs.get("dest", args[0].lstrip("-") if args else None) in LITERAL_FIELDS:
+            kwargs.pop("choices", None)
+        return super().add_argument(*args, **kwargs)
 
 
 class ArgumentsError(ValueError):

@@ -29,7 +29,7 @@ from typing import Any, Optional
 import torch
 from torch import nn
 from torch.utils.data import Sampler
-from transformers import ProgressCallback, Trainer
+from transformers import ProgressCallback, Trainer, TrainerCallback
 from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_pt_utils import get_parameter_names  # noqa: F401  (re-exported for upstream users)
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, has_length, rotate_checkpoints
@@ -237,22 +237,68 @@ class NonFiniteTrainingError(RuntimeError):
     """The loss or the gradient norm became NaN or inf: training stopped before saving anything of that step."""
 
 
+class StopOnNonFinite(TrainerCallback):
+    """Stops the run with :class:`NonFiniteTrainingError` at the end of an optimizer step whose loss or gradient norm
+    is not finite. `on_step_end` comes right after the optimizer step and before that step is logged, evaluated or
+    saved, so nothing of it reaches a file."""
+
+    def __init__(self, trainer: LLaVATrainer) -> None:
+        self.trainer = trainer
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.trainer.stop_if_not_finite()
+
+
+class LoadBestRun(TrainerCallback):
+    """`--load_best_model_at_end` for LoRA and projector runs without DeepSpeed: transformers reloads only the adapter
+    of a PEFT model (and nothing of a projector run, whose checkpoints hold no full-model weights), which would leave
+    the last step's projector next to the best step's LoRA weights. At `on_train_end`, which comes after
+    transformers' own reload and after `--save_total_limit` has pruned every checkpoint but the best, the best
+    checkpoint's files are read back whole. Under DeepSpeed the engine's checkpoint holds every parameter and
+    transformers' reload is complete; a full fine-tune's reload is complete too."""
+
+    def __init__(self, trainer: LLaVATrainer) -> None:
+        self.trainer = trainer
+
+    def on_train_end(self, args, state, control, **kwargs):
+        trainer = self.trainer
+        if not args.load_best_model_at_end or state.best_model_checkpoint is None or trainer.is_deepspeed_enabled:
+            return
+        if saving.output_kind(trainer.model, args) == saving.OutputKind.FULL:
+            return
+        logger.info("Loading the best run from %s (%s)", state.best_model_checkpoint, state.best_metric)
+        trainer.load_outputs(state.best_model_checkpoint)
+
+
 class LLaVATrainer(Trainer):
-    """`Trainer` for LLaVA: modality-grouped sampling, projector learning rate, LLaVA's output files."""
+    """`Trainer` for LLaVA: modality-grouped sampling, projector learning rate, LLaVA's output files.
+
+    What it overrides of transformers' private methods: upstream's three (`_get_train_sampler`, `_save_checkpoint`,
+    `_save`) and two more where no public hook serves (`_get_output_dir`, `_load_from_checkpoint`); each says why,
+    and tests/test_trainer_hooks.py pins their signatures and the behaviour relied on against the installed
+    transformers. The rest goes through public hooks: `training_step`, `compute_loss`, `create_optimizer`, `log`,
+    `save_model`, and the callbacks :class:`StopOnNonFinite` and :class:`LoadBestRun`.
+    """
 
     def __init__(self, *args, **kwargs):
         training_args = kwargs["args"] if "args" in kwargs else (args[1] if len(args) > 1 else None)
-        if training_args is not None:
-            # transformers' own arguments set up their devices when they are built, and Trainer relies on that
-            # (it creates the Accelerator first); ours wait for this first use (llava.train.arguments).
-            _ = training_args.device
+        if hasattr(training_args, "setup_distributed"):
+            # Trainer builds its Accelerator from finished arguments: ours finish on the process state first.
+            training_args.setup_distributed()
         super().__init__(*args, **kwargs)
         self._label_counts = _LabelCounts()
         every = getattr(self.args, "console_log_steps", 0)
         if every and not self.args.disable_tqdm:
             self.remove_callback(ProgressCallback)
             self.add_callback(ConsoleLogCallback(every))
-        self._step_losses_finite: Optional[torch.Tensor] = None  # over the micro-batches of the current step
+        self.add_callback(StopOnNonFinite(self))
+        self.add_callback(LoadBestRun(self))
+        # Over the micro-batches of the current optimizer step: are the losses finite, and the gradient norm of the
+        # step's accumulated gradients (without DeepSpeed, which keeps its own).
+        self._step_losses_finite: Optional[torch.Tensor] = None
+        self._step_grad_norm: Optional[torch.Tensor] = None
+        # Where transformers' `_save_checkpoint` writes while ours stages a checkpoint (see `_get_output_dir`).
+        self._checkpoint_root: Optional[str] = None
 
     # -- stopping on NaN / inf --------------------------------------------------------------------------------
 
@@ -260,15 +306,20 @@ class LLaVATrainer(Trainer):
         loss = super().training_step(model, inputs, num_items_in_batch)
         finite = torch.isfinite(loss.detach()).all()  # stays on the device: checked once per optimizer step
         self._step_losses_finite = finite if self._step_losses_finite is None else self._step_losses_finite & finite
+        if self.accelerator.sync_gradients and not self.is_deepspeed_enabled:
+            # The last micro-batch of the step: the gradients are complete (and reduced), not yet clipped; this is
+            # the norm transformers clips with and logs.
+            grads = [p.grad for p in model.parameters() if p.grad is not None]
+            self._step_grad_norm = torch.nn.utils.get_total_norm(grads) if grads else None
         return loss
 
-    def _maybe_log_save_evaluate(self, tr_loss, grad_norm, model, *args, **kwargs):
-        # Runs after every optimizer step, before that step's logging and checkpoint.
-        self._stop_if_not_finite(grad_norm)
-        super()._maybe_log_save_evaluate(tr_loss, grad_norm, model, *args, **kwargs)
-
-    def _stop_if_not_finite(self, grad_norm) -> None:
+    def stop_if_not_finite(self) -> None:
+        """Raise :class:`NonFiniteTrainingError` on every rank when the step just taken had a non-finite loss or
+        gradient norm on any rank (called by :class:`StopOnNonFinite` after each optimizer step)."""
         losses_finite, self._step_losses_finite = self._step_losses_finite, None
+        grad_norm, self._step_grad_norm = self._step_grad_norm, None
+        if self.is_deepspeed_enabled:
+            grad_norm = self.model_wrapped.get_global_grad_norm()  # the engine computed it while stepping
         loss_bad = 0.0 if losses_finite is None else float(not bool(losses_finite))
         # With fp16 loss scaling an overflowing gradient is expected now and then: the scaler skips that step.
         overflow_skipped = self.args.fp16 and self.accelerator.optimizer_step_was_skipped
@@ -281,7 +332,8 @@ class LLaVATrainer(Trainer):
             flags = self.accelerator.reduce(flags, reduction="sum")
         loss_bad, norm_bad = (bool(flag) for flag in flags.tolist())
         if loss_bad or norm_bad:
-            raise NonFiniteTrainingError(self._nonfinite_message(loss_bad, norm_bad, grad_norm))
+            shown = None if grad_norm is None else float(grad_norm)
+            raise NonFiniteTrainingError(self._nonfinite_message(loss_bad, norm_bad, shown))
 
     def _nonfinite_message(self, loss_bad: bool, norm_bad: bool, grad_norm) -> str:
         what = " and ".join(
@@ -303,6 +355,9 @@ class LLaVATrainer(Trainer):
     # -- data -------------------------------------------------------------------------------------------------
 
     def _get_train_sampler(self, train_dataset=None) -> Optional[Sampler]:
+        # Upstream's override. transformers' `get_train_dataloader` asks this method for the sampler and builds the
+        # DataLoader (workers, collator, seeding, accelerate's sharding) around it; overriding the public method
+        # instead would mean rebuilding all of that.
         dataset = self.train_dataset if train_dataset is None else train_dataset
         if not self.args.group_by_modality_length or dataset is None or not has_length(dataset):
             return super()._get_train_sampler(train_dataset)
@@ -388,6 +443,8 @@ class LLaVATrainer(Trainer):
 
     def _save(self, output_dir: Optional[str] = None, state_dict=None) -> None:
         """A full fine-tune's weights (transformers' save, on the main process): never with NaN or inf."""
+        # Upstream's override. transformers' `save_model` hands every full-model save (DeepSpeed's gathered state
+        # dict included) to this method; it is where the weights can be checked before they are written.
         state = self.model.state_dict() if state_dict is None else state_dict
         saving.refuse_nonfinite(state, output_dir or self.args.output_dir)
         super()._save(output_dir, state_dict=state_dict)
@@ -399,18 +456,20 @@ class LLaVATrainer(Trainer):
         unfinished `.staging/` folder, which the next save replaces; resuming picks the last complete checkpoint.
         Every rank writes into the staging folder (DeepSpeed's shards too); the main process renames it.
         """
-        run_dir = self._get_output_dir(trial)
+        # Upstream's override. transformers writes a checkpoint (model through `save_model`, optimizer, scheduler,
+        # scaler, RNG, trainer state) in this one method and offers no hook around the whole of it.
+        run_dir = super()._get_output_dir(trial)
         staging_root = os.path.join(run_dir, STAGING_DIR)
         name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
         staged, final = os.path.join(staging_root, name), os.path.join(run_dir, name)
         if self.args.should_save and os.path.exists(staged):
             shutil.rmtree(staged)  # left by a run that died while saving
         self.accelerator.wait_for_everyone()
-        self._staging_root = staging_root
+        self._checkpoint_root = staging_root
         try:
             super()._save_checkpoint(model, trial)  # writes into staging_root/checkpoint-N
         finally:
-            self._staging_root = None
+            self._checkpoint_root = None
         self._point_best_checkpoint_at(run_dir, staged)
         self.accelerator.wait_for_everyone()
         if self.args.should_save:
@@ -428,6 +487,15 @@ class LLaVATrainer(Trainer):
             )
         self.accelerator.wait_for_everyone()
 
+    def _get_output_dir(self, trial) -> str:
+        # Kept private override 1 of 2. transformers' `_save_checkpoint` writes `checkpoint-N/` under whatever this
+        # returns, and nothing public moves it: the alternatives are rewriting `args.output_dir` for the duration
+        # (it would end up in the checkpoint's training_args.bin) or re-implementing the checkpoint with three
+        # other private methods. Only while our `_save_checkpoint` delegates does it point into the staging folder.
+        if self._checkpoint_root is not None:
+            return self._checkpoint_root
+        return super()._get_output_dir(trial)
+
     def _point_best_checkpoint_at(self, run_dir: str, staged: str) -> None:
         """transformers records the best checkpoint under the folder it saved into (the staging folder) or, for an
         earlier step, not at all: point it at the renamed `checkpoint-N/`, which `load_best_model_at_end` loads and
@@ -439,30 +507,25 @@ class LLaVATrainer(Trainer):
         if self.args.should_save and os.path.isdir(staged):
             self.state.save_to_json(os.path.join(staged, TRAINER_STATE_NAME))
 
-    def _get_output_dir(self, trial) -> str:
-        staging_root = getattr(self, "_staging_root", None)
-        return staging_root if staging_root is not None else super()._get_output_dir(trial)
-
-    def _load_best_model(self) -> None:
-        """`load_best_model_at_end` for LoRA and projector runs: transformers reloads only the adapter of a PEFT
-        model, which would leave the last step's projector next to the best step's LoRA weights. Under DeepSpeed the
-        engine's checkpoint holds every parameter, and transformers' reload is complete."""
-        mode = saving.output_kind(self.model, self.args)
-        if self.is_deepspeed_enabled or mode == saving.OutputKind.FULL:
-            super()._load_best_model()
-            return
-        logger.info("Loading the best model from %s (%s)", self.state.best_model_checkpoint, self.state.best_metric)
-        self._load_from_checkpoint(self.state.best_model_checkpoint, self.model)
-
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: Optional[nn.Module] = None) -> None:
+        # Kept private override 2 of 2. `train(resume_from_checkpoint=...)` restores the weights here, before the
+        # training loop and before any callback runs (`on_train_begin` comes later and is not told the checkpoint).
+        # transformers' own version refuses a projector run's checkpoint ("Can't find a valid checkpoint": it holds
+        # mm_projector.bin, no full-model weights) and restores only the adapter of a LoRA run, losing the projector
+        # (upstream #1200). Under DeepSpeed transformers loads the engine's checkpoint instead and never calls it.
         model = self.model if model is None else model
-        mode = saving.output_kind(model, self.args)
-        if mode == saving.OutputKind.FULL:
+        if saving.output_kind(model, self.args) == saving.OutputKind.FULL:
             super()._load_from_checkpoint(resume_from_checkpoint, model)
-        elif mode == saving.OutputKind.LORA:
-            saving.load_lora_outputs(model, resume_from_checkpoint)
         else:
-            saving.load_projector_outputs(model, resume_from_checkpoint)
+            self.load_outputs(resume_from_checkpoint, model)
+
+    def load_outputs(self, checkpoint_dir: str, model: Optional[nn.Module] = None) -> None:
+        """Read a LoRA or projector run's files in `checkpoint_dir` back into the model (the projector included)."""
+        model = self.model if model is None else model
+        if saving.output_kind(model, self.args) == saving.OutputKind.LORA:
+            saving.load_lora_outputs(model, checkpoint_dir)
+        else:
+            saving.load_projector_outputs(model, checkpoint_dir)
 
 
 def _fsync_directory(path: str) -> None:
