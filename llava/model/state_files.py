@@ -80,8 +80,13 @@ def nonfinite_tensors(named_tensors) -> list[str]:
     Quantized storage (uint8 / int8) is skipped: it holds codes, not values.
     """
     items = named_tensors.items() if isinstance(named_tensors, dict) else named_tensors
-    return [
-        name
-        for name, tensor in items
-        if tensor.is_floating_point() and tensor.numel() and not bool(torch.isfinite(tensor).all())
-    ]
+    return [name for name, tensor in items if tensor.is_floating_point() and not _all_finite(tensor)]
+
+
+# Elements per `isfinite` call. Over a whole tensor its temporaries take about 2.5x the tensor (measured on a
+# 32000 x 1024 float16 embedding): slice by slice they stay a few MiB.
+FINITE_CHECK_ELEMENTS = 1 << 20
+
+
+def _all_finite(tensor: torch.Tensor) -> bool:
+    return all(bool(torch.isfinite(part).all()) for part in tensor.detach().reshape(-1).split(FINITE_CHECK_ELEMENTS))
