@@ -111,3 +111,18 @@ def test_saved_tokenizer_reloads_with_the_same_ids_and_keeps_the_sentencepiece_m
     assert all(isinstance(merge, str) for merge in data["model"]["merges"])  # tokenizers 0.15's form
     again = AutoTokenizer.from_pretrained(tmp_path)
     assert encode(again, TEXTS).ids == encode(base, TEXTS).ids
+
+
+def test_a_sequence_of_one_metaspace_is_unwrapped_for_tokenizers_0_15():
+    """What transformers 5 writes for a release's tokenizer it converts from sentencepiece itself."""
+    metaspace = {"type": "Metaspace", "replacement": "\u2581", "prepend_scheme": "first", "split": False}
+    data = {
+        "model": {"type": "BPE", "merges": [["\u2581", "t"]]},
+        "normalizer": {"type": "Replace", "pattern": {"String": " "}, "content": "\u2581"},
+        "pre_tokenizer": {"type": "Sequence", "pretokenizers": [metaspace]},
+    }
+    converted = compat.tokenizer_json_for_tokenizers_0_15(data)
+    assert converted["pre_tokenizer"] == {
+        "type": "Metaspace", "replacement": "\u2581", "prepend_scheme": "first", "add_prefix_space": True
+    }  # fmt: skip
+    assert converted["model"]["merges"] == ["\u2581 t"]

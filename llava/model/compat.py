@@ -172,6 +172,11 @@ def tokenizer_json_for_tokenizers_0_15(data: dict) -> dict:
     if model.get("ignore_merges") is False:
         del model["ignore_merges"]
     pre_tokenizer = data.get("pre_tokenizer") or {}
+    inner = pre_tokenizer.get("pretokenizers") if pre_tokenizer.get("type") == "Sequence" else None
+    if inner and len(inner) == 1 and inner[0].get("type") == "Metaspace":
+        # A sequence of one (how transformers 5 converts a sentencepiece model it reads without a Llama class):
+        # the same pre-tokenizer, in a form the rules below and 0.15 read.
+        pre_tokenizer = data["pre_tokenizer"] = inner[0]
     if pre_tokenizer.get("type") == "Metaspace":
         if pre_tokenizer.get("prepend_scheme") == "always" and data.get("normalizer") is None:
             # legacy: true. tokenizers 0.15's Metaspace would split at spaces and skip the prefix of a piece that
