@@ -18,7 +18,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("llava.model", "llava.data"),
     ("llava.train",),
     ("llava.inference", "llava.launch", "llava.testing"),
-    ("llava.eval", "llava.serve", "llava.demo"),
+    ("llava.eval", "llava.serve", "llava.demo", "llava.export"),
 ]
 # `llava/__init__.py` only offers upstream's `from llava import LlavaLlamaForCausalLM`, lazily.
 FACADE = "llava"
