@@ -324,7 +324,7 @@ def test_weights_past_float16_are_refused_and_nothing_is_written(tiny, tmp_path)
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# The command line and the reference stack
+# The command line, the reference stack and the GPU check's CPU path
 
 
 @pytest.mark.dist
@@ -361,3 +361,12 @@ def test_transformers_4_37_reads_the_export_with_the_same_logits(exports, name, 
     assert (ours[-1] - theirs[: ours.shape[-1]]).abs().max() < LOGITS_TOLERANCE
     assert answer["generated"] == _greedy_ours(exported, ids, pixels, image)
 
+
+def test_the_vllm_check_dry_run_gives_our_answer(tiny, capsys):
+    """scripts/check_vllm_export.py without vLLM: every step but the server, transformers answering in its place."""
+    from llava.export.vllm_check import main
+
+    assert main(["--dry-run", "--tiny-root", str(tiny.root)]) == 0
+    printed = capsys.readouterr().out
+    assert "SAME ANSWER" in printed
+    assert " serve " in printed and "--chat-template" in printed and "chat_template.jinja" in printed
