@@ -27,6 +27,7 @@ EXPECTED = (
     "startup: read + pre-check + dataset",
     "startup per rank",
     "startup: dataloader worker private memory",
+    "export peak memory",
 )
 
 pytestmark = [pytest.mark.slow, pytest.mark.bench]
@@ -42,7 +43,7 @@ def test_every_benchmark_runs_at_tiny_size():
     report = json.loads(result.stdout)
     assert report["size"] == "tiny" and "cores" in report["machine"]
     assert set(report["seconds"]) == {
-        "data", "image", "splice", "step", "packing", "zero3_save", "memory", "gpu", "eval", "startup",
+        "data", "image", "splice", "step", "packing", "zero3_save", "memory", "gpu", "eval", "startup", "export",
     }  # fmt: skip
     names = [row["name"] for row in report["rows"]]
     for prefix in EXPECTED:
