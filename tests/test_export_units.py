@@ -4,6 +4,7 @@ streaming shard writer, and what cannot be exported (each refusal naming its fla
 from __future__ import annotations
 
 import json
+import re
 import struct
 import weakref
 from types import SimpleNamespace
@@ -86,6 +87,28 @@ def test_chat_template_renders_our_conversation_prompt(tiny_tokenizer, name, cas
         assert isinstance(error, TypeError) and conv_templates[name].sep2 is None
         return
     assert _rendered(tiny_tokenizer, name, messages, generation) == expected
+
+
+@pytest.mark.parametrize("name", sorted(conv_templates))
+def test_minijinja_renders_every_template_as_jinja2_does(tiny_tokenizer, name):
+    """TGI renders chat templates with minijinja (Rust), not Jinja2: same prompts, same refusals."""
+    from minijinja import Environment
+
+    def raise_exception(message):
+        raise ValueError(message)
+
+    environment = Environment(templates={name: chat_template(conv_templates[name], name)})
+    environment.add_function("raise_exception", raise_exception)
+    for case, (messages, generation) in sorted(CASES.items()):
+        hf_messages = [{"role": role, "content": content} for role, content in messages]
+        try:
+            expected = _rendered(tiny_tokenizer, name, messages, generation)
+        except Exception as error:  # noqa: BLE001  (Jinja2's refusal: minijinja must refuse too)
+            with pytest.raises(Exception, match=re.escape(str(error))):
+                environment.render_template(name, messages=hf_messages, add_generation_prompt=generation)
+            continue
+        rendered = environment.render_template(name, messages=hf_messages, add_generation_prompt=generation)
+        assert rendered == expected, case
 
 
 @pytest.mark.parametrize("name", sorted(conv_templates))

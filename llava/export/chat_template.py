@@ -13,7 +13,8 @@ them onto one of upstream's templates (``conv_templates[name]``):
 - An empty message is an open turn, as in ``Conversation``; ``add_generation_prompt`` opens the assistant's turn.
 - The template's own example turns (``vicuna_v0``'s) come first, as ``conv_templates[name].copy()`` holds them.
 
-Only JSON string literals and filters that Jinja2 and minijinja share (TGI renders with minijinja) are used.
+Only JSON string literals and filters that Jinja2 and minijinja share are used: TGI renders with minijinja, and the
+tests render every template with both.
 """
 
 from __future__ import annotations

@@ -297,9 +297,7 @@ def _shard_bytes(size: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="convert_to_hf.py", description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter
-    )
+    parser = argparse.ArgumentParser(prog="convert_to_hf.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model-path", type=str, required=True, help="the run, checkpoint-N, model dir or hub id")
     parser.add_argument("--model-base", type=str, default=None, help="the base of a LoRA run or projector")
     parser.add_argument("--save-model-path", type=str, required=True, help="the folder to write the export into")
@@ -308,8 +306,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--conv-mode",
         choices=sorted(conv_templates),
         default=None,
-        help="the conversation template the chat template renders (the run's --version; default: inferred from "
-        "the model's name and config, as run_llava does)",
+        help="the conversation template the chat template renders: the run's --version (--version v0 and v0.5 "
+        "train with vicuna_v1); default: inferred from the model's name and config, as run_llava does",
     )
     parser.add_argument(
         "--max-shard-size", type=str, default=DEFAULT_MAX_SHARD_SIZE, help="largest safetensors shard (e.g. 5GB)"
