@@ -88,7 +88,7 @@ def export(options: ExportOptions) -> Path:
     _check_output_dir(out_dir, [model_dir] + ([base_dir] if base_dir else []), options.overwrite)
 
     model_name = get_model_name_from_path(options.model_path)
-    tokenizer, model, image_processor = _load(model_dir, base_dir, options.model_path)
+    tokenizer, model, image_processor = _load(model_dir, base_dir, options.model_path, dtype)
     vision_config = model.get_vision_tower().config
     target = target_for(model.config, vision_config)
     conv_mode = _conv_mode(options.conv_mode, model_name, model.config)
@@ -145,14 +145,17 @@ def _check_output_dir(out_dir: Path, sources: list[Path], overwrite: bool) -> No
         )
 
 
-def _load(model_dir: Path, base_dir: Path | None, model_path: str) -> tuple[Any, Any, Any]:
+def _load(model_dir: Path, base_dir: Path | None, model_path: str, dtype: torch.dtype) -> tuple[Any, Any, Any]:
     """Our model as ``load_pretrained_model`` gives it, on the CPU: LoRA merged (in float32), vision tower loaded.
 
-    A complete model loads in its own dtype (a release's float16: half the memory of float32, and nothing lost),
-    and each tensor is cast to ``--dtype`` as it is written.
+    A complete model already stored in ``dtype`` (a float16 release exported to float16) loads in it: half the
+    memory of float32 and nothing lost. Anything else loads in float32 and each tensor is cast once, as it is
+    written: the vision tower comes from its own (float32) files, and a cast through another half type would
+    round it twice.
     """
     kind = detect_checkpoint_kind(model_dir)
-    load_dtype = torch.float32 if kind in MERGED_KINDS else _checkpoint_dtype(model_dir)
+    same = kind not in MERGED_KINDS and _checkpoint_dtype(model_dir) == dtype
+    load_dtype = dtype if same else torch.float32
     tokenizer, model, image_processor, _ = load_pretrained_model(
         model_dir, base_dir, get_model_name_from_path(model_path), device="cpu", dtype=load_dtype
     )
