@@ -190,6 +190,25 @@ def test_transformers_loads_the_export_with_nothing_else(exported):
     assert exported.processor.tokenizer.convert_ids_to_tokens(config.pad_token_id) == expected_pad
 
 
+def test_every_exported_weight_is_ours_bit_for_bit(exported):
+    """float32 exports: each tensor equals our loaded model's (the vision tower's too); the grown embedding and head
+    rows beyond ours sit at the mean of ours."""
+    from llava.export import keys
+
+    index = json.loads((exported.export_dir / "model.safetensors.index.json").read_text())["weight_map"]
+    ours = exported.ours.state_dict()
+    names = keys.hf_names(ours)
+    assert sorted(names.values()) == sorted(index)
+    for name, hf_name in names.items():
+        with safe_open(exported.export_dir / index[hf_name], framework="pt") as handle:
+            theirs = handle.get_tensor(hf_name)
+        mine = ours[name]
+        if hf_name in (keys.HF_EMBED_TOKENS, keys.HF_LM_HEAD_WEIGHT):
+            assert torch.allclose(theirs[mine.shape[0] :], mine.mean(dim=0).expand(theirs.shape[0] - mine.shape[0], -1))
+            theirs = theirs[: mine.shape[0]]
+        assert theirs.dtype == torch.float32 and torch.equal(theirs, mine), name
+
+
 def test_same_last_logits_and_greedy_answer_on_a_square_image(exported, tiny):
     """Each side through its own pipeline: our prompt, tokenizer and image processing against the processor's."""
     image = _images(tiny)[(32, 32)]
