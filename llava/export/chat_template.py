@@ -127,8 +127,12 @@ def chat_template(conv: Conversation, name: str) -> str:
             "{%- if message.content is string -%}{%- set t = message.content -%}{%- set images = 0 -%}",
             "{%- else -%}",
             '{%- set t = message.content | selectattr("type", "equalto", "text") | map(attribute="text") | join("") -%}',
-            '{%- set images = (message.content | selectattr("type", "equalto", "image") | list | length)'
-            ' + (message.content | selectattr("type", "equalto", "image_url") | list | length) -%}',
+            "{%- set images = "
+            + " + ".join(
+                f'(message.content | selectattr("type", "equalto", {_literal(kind)}) | list | length)'
+                for kind in IMAGE_PART_TYPES
+            )
+            + " -%}",
             "{%- endif -%}",
             f'{{%- if images > 0 -%}}{{%- set t = t | replace("<image>", "") | trim -%}}{image_text}{{%- endif -%}}',
             turn,
