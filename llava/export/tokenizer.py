@@ -46,7 +46,10 @@ def exported_tokenizer(tokenizer: Any, probes: Sequence[str]) -> Any:
     Raises:
         ValueError: no variant gives our ids (a tokenizer this export does not know how to reproduce).
     """
+    if not probes:
+        raise ValueError("exported_tokenizer needs at least one probe prompt holding <image>")
     attempts = []
+    mismatch = None
     for with_rule in (False, True):
         candidate = _with_image_token(tokenizer, with_rule)
         image_token_id = candidate.convert_tokens_to_ids(DEFAULT_IMAGE_TOKEN)
@@ -54,7 +57,8 @@ def exported_tokenizer(tokenizer: Any, probes: Sequence[str]) -> Any:
             (p for p in probes if candidate(p).input_ids != reference_ids(p, tokenizer, image_token_id)), None
         )
         if mismatch is None:
-            logger.info("<image> is token %d%s", image_token_id, " (with a '▁' after it, as we tokenize)" * with_rule)
+            rule = " and the normalizer writes '▁' after it, as we tokenize" if with_rule else ""
+            logger.info("<image> is token %d%s", image_token_id, rule)
             if candidate.pad_token is None:
                 candidate.add_special_tokens({"pad_token": PAD_TOKEN})
             return candidate
