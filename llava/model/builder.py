@@ -17,7 +17,10 @@ language model        any other ``config.json`` with weights
 ``model_path`` and ``model_base`` are local directories or hub ids (``liuhaotian/llava-v1.5-7b``,
 ``lmsys/vicuna-7b-v1.5``), resolved through the HF cache by :mod:`llava.model.hub` before the kind is decided.
 The releases' ``"model_type": "llava"`` configs are read as this package's ``LlavaConfig``
-(:func:`llava.model.language_model.llava_llama.load_checkpoint_config`).
+(:func:`llava.model.families.load_checkpoint_config`). The class is the config's family's
+(:func:`llava.model.families.family_of`: ``LlavaLlamaForCausalLM``, ``LlavaMistralForCausalLM``), never a guess from
+the name (upstream builds ``LlavaMistralForCausalLM`` only when the name says "mistral", and its LoRA branch always a
+Llama).
 
 ``model_name`` is still accepted (upstream passes ``get_model_name_from_path(model_path)``) but decides nothing.
 """
@@ -37,6 +40,7 @@ from typing import Any
 import torch
 
 from llava.model.attention import select_attn_implementation
+from llava.model.families import family_of, is_llava_config, load_checkpoint_config
 from llava.model.files import (
     ADAPTER_CONFIG_FILE,
     ADAPTER_WEIGHT_FILES,
@@ -48,7 +52,6 @@ from llava.model.files import (
     TOKENIZER_CONFIG_FILE,
 )
 from llava.model.hub import resolve_model_dir
-from llava.model.language_model.llava_llama import is_llava_config, load_checkpoint_config
 from llava.model.llava_arch import add_image_tokens
 from llava.model.quantization import bnb_config
 from llava.model.state_files import load_state_file, nonfinite_tensors
@@ -252,12 +255,8 @@ def _load_complete_model(model_dir: Path, options: dict[str, Any]) -> _Loaded:
 
     The config is read first: a release's ``"model_type": "llava"`` would otherwise name transformers' own LLaVA.
     """
-    from transformers import AutoModelForCausalLM
-
-    import llava.model  # noqa: F401  (registers llava_llama with the Auto classes)
-
     config = load_checkpoint_config(model_dir)
-    model, info = AutoModelForCausalLM.from_pretrained(model_dir, config=config, output_loading_info=True, **options)
+    model, info = _model_class(config).from_pretrained(model_dir, config=config, output_loading_info=True, **options)
     if info["missing_keys"]:
         raise ValueError(
             f"{model_dir} is incomplete: no weights for {_preview(info['missing_keys'])}. Re-save the model, or if "
@@ -279,10 +278,6 @@ def _load_base(
     larger than the base's: the base is loaded at its own size and then resized, and the trained rows arrive with the
     non-LoRA trainables. Any other shape difference means the base is not the one the run was trained from.
     """
-    from transformers import AutoModelForCausalLM
-
-    import llava.model  # noqa: F401  (registers llava_llama with the Auto classes)
-
     if not hasattr(base_config, "vocab_size") or not hasattr(base_config, "hidden_size"):
         raise ValueError(
             f"--model-base {model_base} is not a language model (model_type {base_config.model_type!r}); pass the "
@@ -295,7 +290,7 @@ def _load_base(
     try:
         # The run's weights (projector, added tokens) are missing from the base by design; they are checked below.
         with quiet_transformers():
-            model, info = AutoModelForCausalLM.from_pretrained(
+            model, info = _model_class(config).from_pretrained(
                 model_base, config=config, output_loading_info=True, **options
             )
     except RuntimeError as err:
@@ -317,6 +312,15 @@ def _load_base(
         model.resize_token_embeddings(run_vocab_size)
         model.config.vocab_size = run_vocab_size
     return model, list(info["missing_keys"])
+
+
+def _model_class(config: Any) -> type:
+    """A LLaVA config's family's causal LM; any other config's transformers class."""
+    if _is_llava_config(config.to_dict()):
+        return family_of(config).causal_lm_class
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM
 
 
 def _check_base_matches(config: Any, base_config: Any, model_base: Path) -> None:

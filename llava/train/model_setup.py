@@ -84,31 +84,29 @@ def model_dir(model_args: ModelArguments, training_args: TrainingArguments):
 def load_model(
     model_args: ModelArguments, training_args: TrainingArguments, attn_implementation: Optional[str] = None
 ) -> transformers.PreTrainedModel:
-    """The language model (a `LlavaLlamaForCausalLM` when a vision tower is given), with the cache off.
+    """The language model, as its family's LLaVA causal LM when a vision tower is given, with the cache off.
 
+    The family (Llama, Mistral) comes from the checkpoint's config through :func:`llava.model.families.family_of`.
     A LLaVA release (`"model_type": "llava"`, fp16 shards, no vision tower weights) loads like a Vicuna: its config is
     read here and turned into this package's `LlavaConfig` (transformers' own "llava" is another model).
     """
-    from llava.model.language_model.llava_llama import load_checkpoint_config
+    from llava.model.families import family_of, language_config, load_checkpoint_config
 
     directory = model_dir(model_args, training_args)
     multimodal = model_args.vision_tower is not None
     config = load_checkpoint_config(directory, as_llava=multimodal)
-    kwargs = dict(
+    family = family_of(config)
+    if multimodal:
+        model_class = family.causal_lm_class
+    else:
+        config, model_class = language_config(config), family.language_causal_lm_class
+    model = model_class.from_pretrained(
+        directory,
         config=config,
         attn_implementation=attn_implementation,
         dtype=load_dtype(training_args),
         **quantization_kwargs(training_args),
     )
-    if multimodal:
-        from llava.model import LlavaLlamaForCausalLM
-
-        model = LlavaLlamaForCausalLM.from_pretrained(directory, **kwargs)
-    else:
-        if not isinstance(config, transformers.LlamaConfig):
-            config = transformers.LlamaConfig.from_dict({**config.to_dict(), "model_type": "llama"})
-            kwargs["config"] = config
-        model = transformers.LlamaForCausalLM.from_pretrained(directory, **kwargs)
     model.config.use_cache = False
     if training_args.bits == 4 and is_zero3_enabled() and not torch.cuda.is_available():
         # bitsandbytes' CPU repacking does not survive ZeRO-3 re-partitioning (docs/qlora_zero3.md).

@@ -17,8 +17,11 @@ logger = logging.getLogger(__name__)
 class CLIPVisionTower(nn.Module):
     """A frozen ``CLIPVisionModel`` returning the hidden states of ``mm_vision_select_layer``.
 
-    With ``delay_load`` only the config is read (the weights are loaded later by ``load_model``), as when a LLaVA
-    checkpoint is instantiated: its weights do not contain the tower, which lives at ``mm_vision_tower``.
+    With ``delay_load`` only the config is read (the weights are loaded later by ``load_model``), as when a LLaVA-1.5
+    checkpoint is instantiated: its weights do not contain the tower, which lives at ``mm_vision_tower``. A checkpoint
+    whose config says ``unfreeze_mm_vision_tower`` (LLaVA-1.6) holds the tower it fine-tuned: then the tower is built
+    from its config, empty, and the checkpoint's weights fill it (upstream loads ``mm_vision_tower``'s weights first
+    and lets the checkpoint overwrite them; a load inside a load is refused by transformers 5).
     ``vision_tower`` is a local directory or a hub id (``openai/clip-vit-large-patch14-336``); it is kept as given
     (it is what the config records), and read from the directory it resolves to.
     """
@@ -30,8 +33,10 @@ class CLIPVisionTower(nn.Module):
         self._model_dir = None
         self.select_layer = args.mm_vision_select_layer
         self.select_feature = getattr(args, "mm_vision_select_feature", "patch")
-        if not delay_load or getattr(args, "unfreeze_mm_vision_tower", False):
+        if not delay_load:
             self.load_model()
+        elif getattr(args, "unfreeze_mm_vision_tower", False):
+            self._build_for_checkpoint()
         else:
             self.cfg_only = CLIPVisionConfig.from_pretrained(self.model_dir)
 
@@ -56,6 +61,12 @@ class CLIPVisionTower(nn.Module):
         # CLIPVisionModel does not use; keep transformers from reporting each of those weights as unexpected.
         with quiet_transformers():
             self.vision_tower = CLIPVisionModel.from_pretrained(self.model_dir, device_map=device_map)
+        self.vision_tower.requires_grad_(False)
+        self.is_loaded = True
+
+    def _build_for_checkpoint(self) -> None:
+        self.image_processor = CLIPImageProcessorPil.from_pretrained(self.model_dir)
+        self.vision_tower = CLIPVisionModel._from_config(CLIPVisionConfig.from_pretrained(self.model_dir))
         self.vision_tower.requires_grad_(False)
         self.is_loaded = True
 
