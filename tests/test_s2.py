@@ -8,11 +8,13 @@ token count, ``len(scales)`` times the tower's width, images preprocessed at the
 
 from __future__ import annotations
 
+import json
 from types import SimpleNamespace
 
 import pytest
 import torch
 import torch.nn.functional as F
+from train_helpers import multimodal_flags
 
 from llava.model.multimodal_encoder.builder import build_vision_tower
 from llava.model.multimodal_encoder.clip_encoder import CLIPVisionTower, CLIPVisionTowerS2
@@ -85,3 +87,34 @@ def test_s2_tower_has_upstreams_shapes_and_the_published_features(tiny):
 def test_bad_s2_scales_are_named(tiny, scales, message):
     with pytest.raises(ValueError, match=message):
         build_vision_tower(_tower_args(tiny, s2=True, s2_scales=scales))
+
+
+def test_bad_s2_scales_stop_the_flags(tiny, tmp_path):
+    from llava.train.arguments import ArgumentsError, parse_args
+
+    with pytest.raises(ArgumentsError, match="--s2_scales '32,48': every scale must be"):
+        parse_args(multimodal_flags(tiny, tmp_path, s2=True, s2_scales="32,48"))
+
+
+def test_s2_run_trains_saves_and_loads_the_s2_tower(tiny, tmp_path):
+    from llava.model.builder import load_pretrained_model
+    from llava.train.train import train
+
+    run = tmp_path / "s2-lora"
+    trainer = train(
+        argv=multimodal_flags(
+            tiny, run, s2=True, s2_scales=SCALES, pretrain_mm_mlp_adapter=None, max_steps=1, save_steps=1
+        )
+    )
+    config = json.loads((run / "config.json").read_text())
+    assert (config["s2"], config["s2_scales"], config["mm_hidden_size"]) == (True, SCALES, CLIP_HIDDEN * NUM_SCALES)
+    tokenizer, model, processor, _ = load_pretrained_model(run, tiny.llm, None, device="cpu")
+    assert isinstance(model.get_vision_tower(), CLIPVisionTowerS2)
+    assert processor.crop_size["height"] == 96
+    ids = torch.tensor([[1, 306, -200, 307]])
+    images = torch.randn(1, 3, 96, 96, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        loaded = model(input_ids=ids, images=images).logits
+        trained = trainer.model.eval()(input_ids=ids, images=images).logits
+    assert loaded.shape[1] == 3 + PATCHES
+    torch.testing.assert_close(loaded, trained, rtol=0, atol=1e-4)
