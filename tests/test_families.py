@@ -14,7 +14,6 @@ import logging
 from pathlib import Path
 
 import pytest
-import tiny_families
 import torch
 from hub_cache import use_hub_cache
 from PIL import Image
@@ -25,6 +24,7 @@ from llava.mm_utils import process_images, tokenizer_image_token
 from llava.model import LlavaConfig, LlavaLlamaForCausalLM, LlavaMistralConfig, LlavaMistralForCausalLM
 from llava.model.families import MODEL_FAMILIES, family_of, load_checkpoint_config
 from llava.model.language_model.llava_mpt import MPT_UNSUPPORTED, LlavaMptConfig, LlavaMptForCausalLM
+from llava.testing import families as tiny_families
 
 logger = logging.getLogger(__name__)
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -223,7 +223,7 @@ def upstream_families(upstream, tiny, families, families_hub, tmp_path_factory):
     LlavaMptForCausalLM runs one forward."""
     from transformers import AutoTokenizer, CLIPImageProcessorPil
 
-    from llava.tiny import IMAGE_GRID_PINPOINTS
+    from llava.testing.sizes import IMAGE_GRID_PINPOINTS
 
     root = tmp_path_factory.mktemp("upstream-families")
     tokenizer = AutoTokenizer.from_pretrained(families.mistral)

@@ -18,7 +18,7 @@ from train_helpers import multimodal_flags
 
 from llava.model.multimodal_encoder.builder import build_vision_tower
 from llava.model.multimodal_encoder.clip_encoder import CLIPVisionTower, CLIPVisionTowerS2
-from llava.tiny import CLIP_HIDDEN, CLIP_IMAGE_SIZE, CLIP_PATCH_SIZE
+from llava.testing.sizes import CLIP_HIDDEN, CLIP_IMAGE_SIZE, CLIP_PATCH_SIZE
 
 SCALES = "32,64,96"  # the tiny tower's 32 px input, like 336,672,1008 for CLIP ViT-L/14-336
 NUM_SCALES = 3

@@ -1,5 +1,5 @@
 """Tiny offline stand-ins for the Mistral family: a Mistral-7B-Instruct-like language model and a LLaVA-1.6-Mistral
-checkpoint in the layout of ``liuhaotian/llava-v1.6-mistral-7b``, built from a seed beside ``llava.tiny``'s parts.
+checkpoint in the layout of ``liuhaotian/llava-v1.6-mistral-7b``, built from a seed beside :func:`build_all`'s parts.
 
 The release's layout (what upstream's ``LlavaMistralForCausalLM`` wrote with transformers 4.36): ``config.json``
 with ``"model_type": "llava_mistral"``, anyres with a grid of pinpoints, ``spatial_unpad`` (so ``model.image_newline``
@@ -17,8 +17,12 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from llava import tiny as tiny_lib
 from llava.model import compat
+from llava.testing import sizes
+from llava.testing.build import TinyPaths
+from llava.testing.files import write_json
+from llava.testing.hub import CLIP_336_REPO, commit_to_hub_cache
+from llava.testing.models import _projector_state
 
 MISTRAL_REPO = "mistralai/Mistral-7B-Instruct-v0.2"
 LLAVA_16_MISTRAL_REPO = "liuhaotian/llava-v1.6-mistral-7b"
@@ -36,7 +40,7 @@ RELEASE_LLAVA_16_FIELDS = {
     "freeze_mm_vision_resampler": False,
     "image_aspect_ratio": "anyres",
     "image_crop_resolution": 224,
-    "image_grid_pinpoints": tiny_lib.IMAGE_GRID_PINPOINTS,
+    "image_grid_pinpoints": sizes.IMAGE_GRID_PINPOINTS,
     "image_split_resolution": 224,
     "mm_patch_merge_type": "spatial_unpad",
     "mm_projector_lr": 2e-05,
@@ -46,7 +50,7 @@ RELEASE_LLAVA_16_FIELDS = {
     "mm_use_im_start_end": False,
     "mm_vision_select_feature": "patch",
     "mm_vision_select_layer": -2,
-    "mm_vision_tower": tiny_lib.CLIP_336_REPO,
+    "mm_vision_tower": CLIP_336_REPO,
     "mm_vision_tower_lr": 2e-06,
     "tokenizer_model_max_length": 4096,
     "tokenizer_padding_side": "right",
@@ -70,14 +74,14 @@ def mistral_config():
     from transformers import MistralConfig
 
     return MistralConfig(
-        vocab_size=tiny_lib.VOCAB_SIZE,
-        hidden_size=tiny_lib.LLM_HIDDEN,
-        intermediate_size=tiny_lib.LLM_INTERMEDIATE,
-        num_hidden_layers=tiny_lib.LLM_LAYERS,
-        num_attention_heads=tiny_lib.LLM_HEADS,
+        vocab_size=sizes.VOCAB_SIZE,
+        hidden_size=sizes.LLM_HIDDEN,
+        intermediate_size=sizes.LLM_INTERMEDIATE,
+        num_hidden_layers=sizes.LLM_LAYERS,
+        num_attention_heads=sizes.LLM_HEADS,
         num_key_value_heads=MISTRAL_KV_HEADS,
-        head_dim=tiny_lib.LLM_HIDDEN // tiny_lib.LLM_HEADS,
-        max_position_embeddings=tiny_lib.LLM_MAX_POSITIONS,
+        head_dim=sizes.LLM_HIDDEN // sizes.LLM_HEADS,
+        max_position_embeddings=sizes.LLM_MAX_POSITIONS,
         rms_norm_eps=1e-5,
         rope_theta=MISTRAL_ROPE_THETA,
         sliding_window=None,
@@ -89,7 +93,7 @@ def mistral_config():
 
 
 def build_mistral(out_dir: str | Path, tokenizer_dir: str | Path, seed: int = 0) -> Path:
-    """A Mistral-Instruct-like language model (random weights, a scaled head as ``llava.tiny.build_llm``'s) with the
+    """A Mistral-Instruct-like language model (random weights, a scaled head as ``llava.testing.models.build_llm``'s) with the
     tiny sentencepiece tokenizer."""
     import torch
     from transformers import GenerationConfig, MistralForCausalLM
@@ -101,7 +105,7 @@ def build_mistral(out_dir: str | Path, tokenizer_dir: str | Path, seed: int = 0)
     torch.manual_seed(seed + 11)
     model = MistralForCausalLM(mistral_config()).to(torch.float32)
     with torch.no_grad():
-        model.lm_head.weight.mul_(tiny_lib.LM_HEAD_SCALE)
+        model.lm_head.weight.mul_(sizes.LM_HEAD_SCALE)
     model.generation_config = GenerationConfig(bos_token_id=1, eos_token_id=2)
     model.save_pretrained(out_dir)
     compat.config_for_transformers4(out_dir)  # rope_theta as the release writes it (transformers 4.37 reads it)
@@ -119,9 +123,9 @@ def build_llava_v16_mistral(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     state = load_file(Path(mistral_dir) / "model.safetensors")
-    state.update(tiny_lib._projector_state(tiny_lib.CLIP_HIDDEN, tiny_lib.LLM_HIDDEN, seed + 12, "model."))
+    state.update(_projector_state(sizes.CLIP_HIDDEN, sizes.LLM_HIDDEN, seed + 12, "model."))
     generator = torch.Generator().manual_seed(seed + 13)
-    state["model.image_newline"] = torch.randn(tiny_lib.LLM_HIDDEN, generator=generator) * tiny_lib.LLM_HIDDEN**-0.5
+    state["model.image_newline"] = torch.randn(sizes.LLM_HIDDEN, generator=generator) * sizes.LLM_HIDDEN**-0.5
     tower = load_file(Path(vision_tower_dir) / "model.safetensors")
     for key, value in sorted(tower.items()):
         if key.startswith("vision_model."):
@@ -132,9 +136,9 @@ def build_llava_v16_mistral(
     for key in ("dtype", "rope_parameters"):
         config.pop(key, None)
     config.update(RELEASE_LLAVA_16_FIELDS)
-    config.update({"mm_hidden_size": tiny_lib.CLIP_HIDDEN, "rope_theta": MISTRAL_ROPE_THETA, "sliding_window": None})
+    config.update({"mm_hidden_size": sizes.CLIP_HIDDEN, "rope_theta": MISTRAL_ROPE_THETA, "sliding_window": None})
     config["mm_vision_tower"] = RELEASE_LLAVA_16_FIELDS["mm_vision_tower"]
-    tiny_lib._write_json(out_dir / "config.json", config)
+    write_json(out_dir / "config.json", config)
     for name in (*TOKENIZER_FILES, "generation_config.json"):
         shutil.copyfile(Path(mistral_dir) / name, out_dir / name)
     return out_dir
@@ -154,12 +158,12 @@ def _write_safetensors_shards(state: dict, out_dir: Path, dtype, num_shards: int
         for key, tensor in shard.items():
             weight_map[key] = name
             total_size += tensor.numel() * tensor.element_size()
-    tiny_lib._write_json(
+    write_json(
         out_dir / "model.safetensors.index.json", {"metadata": {"total_size": total_size}, "weight_map": weight_map}
     )
 
 
-def build_families(root: str | Path, tiny: tiny_lib.TinyPaths, seed: int = 0) -> FamilyPaths:
+def build_families(root: str | Path, tiny: TinyPaths, seed: int = 0) -> FamilyPaths:
     """The Mistral parts under ``root`` (reused when built already with the same version, seed and tiny build)."""
     root = Path(root)
     paths = FamilyPaths(mistral=root / "mistral-tiny", llava_mistral=root / "llava-v1.6-mistral-tiny")
@@ -168,7 +172,7 @@ def build_families(root: str | Path, tiny: tiny_lib.TinyPaths, seed: int = 0) ->
         return paths
     build_mistral(paths.mistral, tiny.llm, seed)
     build_llava_v16_mistral(paths.llava_mistral, paths.mistral, tiny.vision_tower, seed)
-    tiny_lib._write_json(stamp, wanted)
+    write_json(stamp, wanted)
     return paths
 
 
@@ -182,4 +186,4 @@ def add_to_hub_cache(hf_home: str | Path, paths: FamilyPaths) -> None:
             for file in sorted(source.iterdir()):
                 if file.is_file():
                     shutil.copyfile(file, Path(tmp) / file.name)
-            tiny_lib.commit_to_hub_cache(hub_dir, repo_id, tmp)
+            commit_to_hub_cache(hub_dir, repo_id, tmp)
