@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import Image
-from train_helpers import multimodal_flags
+from train_helpers import LORA_TARGETS, multimodal_flags
 
 from llava.constants import DEFAULT_IM_END_TOKEN, DEFAULT_IM_START_TOKEN, DEFAULT_IMAGE_PATCH_TOKEN
 from llava.mm_utils import process_images, tokenizer_image_token
@@ -72,6 +72,8 @@ def test_run_with_added_tokens_loads_merges_and_answers_as_trained(tiny, tmp_pat
     assert len(tokenizer) == VOCAB_SIZE + len(added)
     assert tokenizer.convert_tokens_to_ids(added) == list(range(VOCAB_SIZE, VOCAB_SIZE + len(added)))
 
+    adapter_config = json.loads((run / "adapter_config.json").read_text())  # upstream's form of the targets
+    assert adapter_config["target_modules"] == sorted(LORA_TARGETS) and "exclude_modules" not in adapter_config
     saved = torch.load(run / NON_LORA_TRAINABLES_FILE, weights_only=True)
     weights = dict(trained.named_parameters())
     for key in EMBEDDING_KEYS:  # the rows the run trained with, beside the projector

@@ -202,6 +202,40 @@ def test_run_llava_answers_llava_v16_mistral_with_mistral_instruct(mistral_hub, 
     assert isinstance(answer, str)
 
 
+def test_lora_on_llava_v16_mistral_from_the_hub_keeps_its_tower_and_loads_as_trained(mistral_hub, tiny, tmp_path):
+    """The release as --model_name_or_path (anyres, spatial_unpad, its fine-tuned tower built before LoRA wraps the
+    model): the tower's q/k/v share the LM's leaf names, so adapter_config.json lists the names and excludes the
+    multimodal modules; the run loads over the hub id with the in-training model's logits."""
+    from llava.model.builder import load_pretrained_model
+    from llava.testing.sizes import IMAGE_GRID_PINPOINTS
+    from llava.train.lora import MULTIMODAL_EXCLUDE_PATTERN
+    from llava.train.train import train
+
+    run = tmp_path / "run"
+    trainer = train(
+        argv=multimodal_flags(
+            tiny, run, model_name_or_path=tiny_families.LLAVA_16_MISTRAL_REPO, version="mistral_instruct",
+            vision_tower=tiny_families.RELEASE_LLAVA_16_FIELDS["mm_vision_tower"], pretrain_mm_mlp_adapter=None,
+            image_aspect_ratio="anyres", image_grid_pinpoints=str(IMAGE_GRID_PINPOINTS),
+            mm_patch_merge_type="spatial_unpad", group_by_modality_length=False, max_steps=1, save_steps=1,
+        )
+    )  # fmt: skip
+    adapter_config = json.loads((run / "adapter_config.json").read_text())
+    assert (
+        adapter_config["target_modules"] == sorted(adapter_config["target_modules"])
+        and "q_proj" in (adapter_config["target_modules"])
+    )
+    assert adapter_config["exclude_modules"] == MULTIMODAL_EXCLUDE_PATTERN
+    assert not any("vision_tower" in name and "lora_" in name for name, _ in trainer.model.named_parameters())
+    tokenizer, model, processor, _ = load_pretrained_model(run, tiny_families.LLAVA_16_MISTRAL_REPO, None, device="cpu")
+    assert type(model) is LlavaMistralForCausalLM
+    image = _image(tiny)
+    inputs = _inputs(tokenizer, processor, image, model.config)
+    with torch.no_grad():
+        expected = trainer.model.eval()(**inputs).logits
+        torch.testing.assert_close(model(**inputs).logits, expected, rtol=0, atol=FP32_TOLERANCE)
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Against upstream's own LlavaMistralForCausalLM
 
