@@ -106,7 +106,11 @@ class DataArguments:
         default=False, metadata={"help": "Accepted for compatibility; samples are always processed lazily."}
     )
     is_multimodal: bool = field(
-        default=False, metadata={"help": "Set by training when a vision tower is configured; not needed on the CLI."}
+        default=False,
+        metadata={
+            "help": "Upstream's field, which its train() sets; read only from callers that build datasets from "
+            "data_args themselves (training decides from --vision_tower). Not needed on the CLI."
+        },
     )
     image_folder: Optional[str] = field(default=None, metadata={"help": "Folder the 'image' paths are relative to."})
     image_aspect_ratio: ImageAspectRatio = field(

@@ -8,14 +8,15 @@ state of their own.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from typing import Any, Optional
 
 import torch
 import transformers
 from torch import nn
 
+from llava import conversation as conversation_lib
 from llava.conversation import Conversation, get_conv_template, template_name
+from llava.data.vision import VisionSetup
 from llava.distributed.state import is_zero3_enabled
 from llava.distributed.zero3 import disable_4bit_cpu_repacking
 from llava.model.llava_arch import init_rows_at_mean
@@ -128,7 +129,9 @@ def setup_template(model_args: ModelArguments, tokenizer, model: nn.Module) -> C
     """Set the pad token as upstream does for `--version` and return the conversation template to train with.
 
     `v0` adds a `[PAD]` token (resizing the embeddings) and, like `v0.5`, uses vicuna_v1; every other version
-    pads with `unk` and uses the template of that name. An unknown name is an error (docs/upstream_differences.md #4), caught earlier by
+    pads with `unk` and uses the template of that name. As upstream's train(), the template also becomes
+    `llava.conversation.default_conversation`, for code that reads it (a fork's own preprocessing, eval); this
+    package passes the returned template explicitly instead. An unknown name is an error (docs/upstream_differences.md #4), caught earlier by
     `validate_args`; `get_conv_template` raises too, for callers that skip validation.
     """
     version = model_args.version
@@ -139,6 +142,7 @@ def setup_template(model_args: ModelArguments, tokenizer, model: nn.Module) -> C
         tokenizer.pad_token = tokenizer.unk_token
     name = template_name(version)
     template = get_conv_template(name)
+    conversation_lib.default_conversation = conversation_lib.conv_templates[name]
     logger.info("Conversation template: %s (--version %s)", name, version)
     return template
 
@@ -150,14 +154,6 @@ def smart_tokenizer_and_embedding_resize(special_tokens_dict: dict, tokenizer, m
     init_rows_at_mean(model, list(range(len(tokenizer) - num_new_tokens, len(tokenizer))))
 
 
-@dataclass(frozen=True)
-class VisionSetup:
-    """What the data pipeline needs from the vision side of the model."""
-
-    image_processor: Any
-    image_grid_pinpoints: Optional[list[list[int]]]
-
-
 def setup_vision_modules(
     model: nn.Module,
     tokenizer,
@@ -165,11 +161,12 @@ def setup_vision_modules(
     data_args: DataArguments,
     training_args: TrainingArguments,
 ) -> VisionSetup:
-    """Build the vision tower and projector, decide what trains, and record upstream's config fields."""
+    """Build the vision tower and projector, decide what trains, and record upstream's config fields; return what
+    the data pipeline needs (upstream writes it onto `data_args` instead: `image_processor`, `is_multimodal`,
+    `mm_use_im_start_end`)."""
     model.get_model().initialize_vision_modules(model_args=model_args, fsdp=training_args.fsdp)
     vision_tower = model.get_vision_tower()
     vision_tower.to(dtype=_vision_tower_dtype(training_args), device=training_args.device)
-    data_args.is_multimodal = True
 
     config = model.config
     pinpoints = parse_grid_pinpoints(data_args.image_grid_pinpoints) if data_args.image_grid_pinpoints else None
@@ -193,7 +190,12 @@ def setup_vision_modules(
     config.mm_projector_lr = training_args.mm_projector_lr
     config.mm_use_im_patch_token = model_args.mm_use_im_patch_token
     model.initialize_vision_tokenizer(model_args, tokenizer=tokenizer)
-    return VisionSetup(image_processor=vision_tower.image_processor, image_grid_pinpoints=pinpoints)
+    return VisionSetup(
+        image_processor=vision_tower.image_processor,
+        mm_use_im_start_end=model_args.mm_use_im_start_end,
+        image_aspect_ratio=data_args.image_aspect_ratio,
+        image_grid_pinpoints=pinpoints,
+    )
 
 
 def _vision_tower_dtype(training_args: TrainingArguments) -> torch.dtype:
