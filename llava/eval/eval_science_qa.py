@@ -93,8 +93,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def get_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The parsed command line (upstream's name)."""
+    return build_parser().parse_args(argv)
+
+
+def convert_caps(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Answer lines as COCO-style captions, ``{"image_id": int(question_id), "caption": text}`` (upstream's helper)."""
+    return [{"image_id": int(result["question_id"]), "caption": result["text"]} for result in results]
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    args = build_parser().parse_args(argv)
+    args = get_args(argv)
     outcome = evaluate(args.base_dir, args.result_file, args.split, args.options)
     with open(args.output_file, "w", encoding="utf-8") as file:
         json.dump(outcome["analyses"], file, indent=2)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 
 from llava.eval import common
+from llava.eval.common import get_chunk, split_list  # noqa: F401  (upstream defines them here)
 from llava.eval.model_vqa import image_requests, read_questions
 
 UPSTREAM_LOADER_WORKERS = 4

@@ -13,7 +13,9 @@ import random
 from collections.abc import Sequence
 from typing import Optional
 
+import tokenizers
 import transformers
+from packaging import version
 
 from llava.conversation import get_conv_template, template_name
 from llava.data.dataset import (
@@ -86,6 +88,10 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+# Upstream's flag for its tokenizer arithmetic (tokenizers >= 0.14 changed the legacy Llama offsets); the masking
+# here labels by character offsets instead and reads nothing from it.
+IS_TOKENIZER_GREATER_THAN_0_14 = version.parse(tokenizers.__version__) >= version.parse("0.14")
 
 # Upstream's module global: the process's local rank once `run()` has read the training arguments (None before).
 # Nothing here reads it; ask `llava.distributed.state` for the process's rank.
