@@ -4,6 +4,7 @@ ScienceQA GPT-4 scorers, the ST-VQA scores and the web page helpers."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -104,3 +105,24 @@ def test_webpage_helpers(tmp_path):
     assert clean_review("8 7\nAssistant 1 is better than Assistant 2.") == (
         "**Assistant 1** is better than **Assistant 2**."
     )
+
+
+def test_model_vqa_loader_dataset_and_loader_as_upstream_calls_them(tiny, tmp_path):
+    from PIL import Image
+
+    from llava.constants import IMAGE_TOKEN_INDEX
+    from llava.eval.model_vqa_loader import CustomDataset, create_data_loader
+    from llava.model.builder import load_pretrained_model
+
+    tokenizer, model, processor, _ = load_pretrained_model(tiny.llava, None, None, device="cpu")
+    record = next(r for r in json.loads(Path(tiny.data).read_text()) if "image" in r)
+    questions = [{"question_id": 7, "image": record["image"], "text": "What color?"}]
+    dataset = CustomDataset(questions, str(tiny.image_folder), tokenizer, processor, model.config)
+    input_ids, image, size = dataset[0]
+    assert len(dataset) == 1 and int((input_ids == IMAGE_TOKEN_INDEX).sum()) == 1
+    assert image.shape == (3, 32, 32) and size == Image.open(tiny.image_folder / record["image"]).size
+    ids, images, sizes = next(iter(create_data_loader(questions, str(tiny.image_folder), tokenizer, processor,
+                                                      model.config, num_workers=0)))  # fmt: skip
+    assert ids.shape == (1, len(input_ids)) and images.shape == (1, 3, 32, 32) and sizes == (size,)
+    with pytest.raises(ValueError, match="batch_size must be 1"):
+        create_data_loader(questions, str(tiny.image_folder), tokenizer, processor, model.config, batch_size=2)
