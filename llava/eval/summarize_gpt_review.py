@@ -18,14 +18,19 @@ import numpy as np
 REVIEW_PREFIXES = ("gpt4_text", "reviews_", "review_")
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="ChatGPT-based QA evaluation.")
     parser.add_argument("-d", "--dir", default=None)
     parser.add_argument("-v", "--version", default=None)
     parser.add_argument("-s", "--select", nargs="*", default=None)
     parser.add_argument("-f", "--files", nargs="*", default=[])
     parser.add_argument("-i", "--ignore", nargs="*", default=[])
-    return parser.parse_args(argv)
+    return parser
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The parsed command line (upstream's name)."""
+    return build_parser().parse_args(argv)
 
 
 def review_files(args: argparse.Namespace) -> list[str]:
