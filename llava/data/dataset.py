@@ -210,7 +210,7 @@ class DataCollatorForSupervisedDataset:
             [instance["labels"] for instance in instances], batch_first=True, padding_value=IGNORE_INDEX
         )[:, :limit]
         # From the lengths, not `input_ids != pad_id` as upstream: with pad = unk, a real <unk> in the text would be
-        # hidden from attention.
+        # hidden from attention (docs/upstream_differences.md #25).
         lengths = torch.tensor([len(instance["input_ids"]) for instance in instances])
         attention_mask = torch.arange(input_ids.shape[1]).unsqueeze(0) < lengths.unsqueeze(1)
         batch = dict(input_ids=input_ids, labels=labels, attention_mask=attention_mask)

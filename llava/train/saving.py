@@ -38,7 +38,7 @@ logger = logging.getLogger(__name__)
 
 # The config written next to an adapter describes the model to rebuild for inference, not this training process:
 # the cache is on (upstream sets use_cache=True before its final save) and the base is loaded unquantized unless
-# the loader is asked to quantize (a QLoRA adapter applies to the base model's weights).
+# the loader is asked to quantize (a QLoRA adapter applies to the base model's weights; docs/upstream_differences.md #26).
 _CONFIG_FIELDS_DROPPED = ("quantization_config",)
 
 
