@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import argparse
 
-from llava.eval import gpt
 from llava.eval.gpt_review import (
     ReviewJob,
     add_review_arguments,
+    make_get_eval,
     parse_score,
     read_inputs,
     review_content,
@@ -26,10 +26,7 @@ __all__ = ["NUM_SECONDS_TO_SLEEP", "get_eval", "parse_score", "main"]
 MODEL = "gpt-4"
 NUM_SECONDS_TO_SLEEP = 3
 
-
-def get_eval(content: str, max_tokens: int, *, client=None, model: str = MODEL) -> str:
-    """The reviewer's text for one prompt (upstream's function; the client from the environment by default)."""
-    return gpt.review(client or gpt.make_client(), model, content, max_tokens, NUM_SECONDS_TO_SLEEP)
+get_eval = make_get_eval(MODEL, NUM_SECONDS_TO_SLEEP)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import argparse
 
-from llava.eval import gpt
 from llava.eval.answers import read_jsonl
 from llava.eval.gpt_review import (
     ReviewJob,
     add_review_arguments,
+    make_get_eval,
     parse_score,
     read_inputs,
     review_content,
@@ -29,10 +29,7 @@ MODEL = "gpt-4-0314"
 NUM_SECONDS_TO_SLEEP = 0.5
 CATEGORY_PREFIX = "llava_bench_"
 
-
-def get_eval(content: str, max_tokens: int, *, client=None, model: str = MODEL) -> str:
-    """The reviewer's text for one prompt (upstream's function; the client from the environment by default)."""
-    return gpt.review(client or gpt.make_client(), model, content, max_tokens, NUM_SECONDS_TO_SLEEP)
+get_eval = make_get_eval(MODEL, NUM_SECONDS_TO_SLEEP)
 
 
 def caption_context(context: dict) -> str:

@@ -6,19 +6,15 @@ from __future__ import annotations
 
 import argparse
 
-from llava.eval import gpt
 from llava.eval.eval_gpt_review_bench import review_jobs
-from llava.eval.gpt_review import add_review_arguments, parse_score, write_reviews
+from llava.eval.gpt_review import add_review_arguments, make_get_eval, parse_score, write_reviews
 
 __all__ = ["NUM_SECONDS_TO_SLEEP", "get_eval", "parse_score", "main"]
 
 MODEL = "gpt-4-0314"
 NUM_SECONDS_TO_SLEEP = 0.5
 
-
-def get_eval(content: str, max_tokens: int, *, client=None, model: str = MODEL) -> str:
-    """The reviewer's text for one prompt (upstream's function; the client from the environment by default)."""
-    return gpt.review(client or gpt.make_client(), model, content, max_tokens, NUM_SECONDS_TO_SLEEP)
+get_eval = make_get_eval(MODEL, NUM_SECONDS_TO_SLEEP)
 
 
 def boxes_context(context: dict) -> str:

@@ -50,6 +50,16 @@ def review_content(question: str, answer1: str, answer2: str, rule: dict[str, st
     )
 
 
+def make_get_eval(model: str, retry_seconds: float):
+    """Upstream's module-level ``get_eval(content, max_tokens)`` of a scorer: the reviewer's text for one prompt, from
+    ``model`` (the client from the environment unless one is passed)."""
+
+    def get_eval(content: str, max_tokens: int, *, client=None, model: str = model) -> str:
+        return gpt.review(client or gpt.make_client(), model, content, max_tokens, retry_seconds)
+
+    return get_eval
+
+
 @dataclass
 class ReviewJob:
     content: str
