@@ -188,8 +188,9 @@ class Conversation:
         return chat
 
     def copy(self) -> Conversation:
-        """An independent copy: messages can be appended to it without touching the template."""
-        return dataclasses.replace(self, messages=[[role, message] for role, message in self.messages])
+        """An independent copy: messages can be appended to it without touching the template. ``skip_next`` starts
+        False again, as in upstream's copy (its gradio server relies on it)."""
+        return dataclasses.replace(self, messages=[[role, message] for role, message in self.messages], skip_next=False)
 
     def dict(self) -> dict:
         messages = self.messages

@@ -5,7 +5,8 @@
 
 The run may be the training ``output_dir`` or any ``checkpoint-N/`` in it. The merge is computed in float32 and the
 result saved in ``--dtype`` (float16 by default, as upstream, which always saves float16). The vision tower is not
-copied: like upstream's LLaVA-1.5 checkpoints, the saved config names it in ``mm_vision_tower``.
+copied: like upstream's LLaVA-1.5 checkpoints, the saved config names it in ``mm_vision_tower``
+(docs/upstream_differences.md #27).
 """
 
 from __future__ import annotations

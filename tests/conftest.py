@@ -48,6 +48,17 @@ def pytest_report_header(config) -> list[str]:
     ]
 
 
+@pytest.fixture(autouse=True)
+def _restore_default_conversation():
+    """`train()` makes its template `default_conversation`, as upstream's does (also inside module-scoped fixtures,
+    which run before this one): every test starts and ends with the package's own default."""
+    from llava import conversation
+
+    conversation.default_conversation = conversation.conv_vicuna_v1
+    yield
+    conversation.default_conversation = conversation.conv_vicuna_v1
+
+
 @pytest.fixture(scope="session")
 def tiny(tmp_path_factory):
     """Paths of the tiny CLIP tower, Vicuna-like LM, LLaVA checkpoint, pretrained projector and dataset."""

@@ -47,26 +47,43 @@ def test_adapter_config_keeps_a_key_that_changes_behaviour_and_says_so(tmp_path,
     assert "keeps lora_bias" in caplog.text and "upstream's loader (peft 0.10) will refuse" in caplog.text
 
 
-def test_exclusion_folded_into_targets_adapts_the_same_modules(tiny, tmp_path):
-    """The vision tower's q_proj/k_proj/v_proj stay unadapted after the rewrite (current peft's own matcher)."""
-    from peft import LoraConfig, PeftConfig
+LORA_ARGS = dict(lora_r=4, lora_alpha=8, lora_dropout=0.0, lora_bias="none", bits=16, bf16=False)
+LM_TARGETS = ["down_proj", "gate_proj", "k_proj", "o_proj", "q_proj", "up_proj", "v_proj"]
+
+
+@pytest.mark.parametrize("tower_built_before_lora", [False, True], ids=["tower delay-loaded", "tower built"])
+def test_adapter_config_holds_upstreams_list_of_leaf_names(tiny, tmp_path, caplog, tower_built_before_lora):
+    """Upstream's form (the leaf names) wherever it selects the modules we adapt; where a vision tower built before
+    wrapping shares those names, the list plus `exclude_modules` (which peft 0.10 does not know: said once)."""
+    from types import SimpleNamespace
+
+    from peft import PeftConfig
     from peft.tuners.tuners_utils import check_target_module_exists
 
     from llava.model import LlavaLlamaForCausalLM
-    from llava.train.lora import MULTIMODAL_EXCLUDE_PATTERN, find_all_linear_names
+    from llava.train.lora import MULTIMODAL_EXCLUDE_PATTERN, add_lora
 
     model = LlavaLlamaForCausalLM.from_pretrained(tiny.llava)
-    model.get_model().get_vision_tower().load_model()
+    if tower_built_before_lora:  # as a LLaVA-1.6 checkpoint with unfreeze_mm_vision_tower builds it
+        model.get_model().get_vision_tower().load_model()
     names = [name for name, _ in model.named_modules()]
-    assert any("vision_tower" in name and name.endswith("q_proj") for name in names)
-    config = LoraConfig(target_modules=find_all_linear_names(model), exclude_modules=MULTIMODAL_EXCLUDE_PATTERN)
-    config.save_pretrained(tmp_path)
-    compat.adapter_config_for_old_peft(tmp_path)
-    folded = PeftConfig.from_pretrained(str(tmp_path))
-    assert isinstance(folded.target_modules, str) and folded.exclude_modules is None
-    adapted = [name for name in names if check_target_module_exists(config, name)]
-    assert adapted == [name for name in names if check_target_module_exists(folded, name)]
+    peft_model = add_lora(model, SimpleNamespace(**LORA_ARGS))
+    peft_model.save_pretrained(tmp_path)
+    with caplog.at_level(logging.WARNING, logger="llava.model.compat"):
+        kept = compat.adapter_config_for_old_peft(tmp_path)
+    written = json.loads((tmp_path / compat.ADAPTER_CONFIG_FILE).read_text())
+    assert written["target_modules"] == LM_TARGETS
+    adapted = [name for name, module in peft_model.named_modules() if hasattr(module, "lora_A")]
     assert len(adapted) == 14 and not any("vision_tower" in name or "mm_projector" in name for name in adapted)
+    if tower_built_before_lora:
+        assert written["exclude_modules"] == MULTIMODAL_EXCLUDE_PATTERN and kept == ["exclude_modules"]
+        assert "keeps exclude_modules" in caplog.text
+        # Without the exclusion the list would adapt the tower's q/k/v too; current peft reads both and agrees.
+        read = PeftConfig.from_pretrained(str(tmp_path))
+        listed = [name for name in names if check_target_module_exists(read, name)]
+        assert [name.removeprefix("base_model.model.") for name in adapted] == listed
+    else:
+        assert "exclude_modules" not in written and kept == []
 
 
 @pytest.mark.parametrize(

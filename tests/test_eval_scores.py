@@ -342,8 +342,23 @@ EXPECTED_COMMANDS = {
     "vizwiz.sh": ["-m llava.eval.model_vqa_loader", "scripts/convert_vizwiz_for_submission.py"],
     "mmbench.sh": ["-m llava.eval.model_vqa_mmbench", "scripts/convert_mmbench_for_submission.py"],
     "seed.sh": ["-m llava.eval.model_vqa_loader", "scripts/convert_seed_for_submission.py"],
+    "mme.sh": ["-m llava.eval.model_vqa_loader", "convert_answer_to_mme.py", "calculation.py"],
+    "mmvet.sh": ["-m llava.eval.model_vqa", "scripts/convert_mmvet_for_eval.py"],
+    "llavabench.sh": [
+        "-m llava.eval.model_vqa",
+        "llava/eval/eval_gpt_review_bench.py",
+        "llava/eval/summarize_gpt_review.py",
+    ],
+    "mmbench_cn.sh": ["-m llava.eval.model_vqa_mmbench", "scripts/convert_mmbench_for_submission.py"],
+    "qbench.sh": ["-m llava.eval.model_vqa_qbench"],
+    "qbench_zh.sh": ["-m llava.eval.model_vqa_qbench"],
 }
-GQA_OWN_EVALUATOR = "eval/eval.py"  # shipped with GQA's data, not with LLaVA
+# Tools shipped with the benchmarks' data (GQA's evaluator, MME's converter and calculator), not with LLaVA.
+BENCHMARK_OWN_TOOLS = ("eval/eval.py", "convert_answer_to_mme.py", "calculation.py")
+SCRIPT_ARGS = {"qbench.sh": "dev", "qbench_zh.sh": "dev"}  # the split, upstream's $1
+# The model flags every generation step passes (temperature, conv mode); Q-Bench's scripts keep the defaults.
+GENERATION_FLAGS = {"qbench.sh": (0.2, "llava_v1")}
+ANSWERS_NAMED_BY_SPLIT = {"qbench.sh", "qbench_zh.sh"}  # upstream's answers path names no model
 
 
 def _parser_for(command: list[str]):
@@ -364,7 +379,7 @@ def test_eval_script_commands_parse(script, tmp_path):
         f'python() {{ "{sys.executable}" -c "import json, sys; print(json.dumps(sys.argv[1:]))" "$@" >> "{record}"; }}'
     )
     subprocess.run(
-        ["bash", "-c", f"{fake_python}; source {EVAL_SCRIPTS / script}"],
+        ["bash", "-c", f"{fake_python}; source {EVAL_SCRIPTS / script} {SCRIPT_ARGS.get(script, '')}"],
         cwd=tmp_path, capture_output=True, text=True, timeout=60,
         env={**os.environ, "MODEL_PATH": "./checkpoints/run", "MODEL_BASE": "./base", "CKPT": "run"},
     )  # fmt: skip
@@ -372,11 +387,13 @@ def test_eval_script_commands_parse(script, tmp_path):
     names = list(dict.fromkeys(" ".join(call[:2]) if call[0] == "-m" else call[0] for call in calls))
     assert names == EXPECTED_COMMANDS[script]
     for call in calls:
-        if call[0] == GQA_OWN_EVALUATOR:
+        if call[0] in BENCHMARK_OWN_TOOLS:
             continue
         parser, flags = _parser_for(call)
         args = parser.parse_args(flags)
         if call[0] == "-m" and call[1].startswith("llava.eval.model_vqa"):
+            temperature, conv_mode = GENERATION_FLAGS.get(script.replace("_zh", ""), (0.0, "vicuna_v1"))
             assert (args.model_path, args.model_base, args.temperature, args.conv_mode) == (
-                "./checkpoints/run", "./base", 0.0, "vicuna_v1")  # fmt: skip
-            assert args.answers_file.endswith(".jsonl") and "/run" in args.answers_file
+                "./checkpoints/run", "./base", temperature, conv_mode)  # fmt: skip
+            assert args.answers_file.endswith(".jsonl")
+            assert "/run" in args.answers_file or script in ANSWERS_NAMED_BY_SPLIT

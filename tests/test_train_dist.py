@@ -238,9 +238,21 @@ def test_zero2_lora_with_packing_and_invalid_samples_skipped(tiny, tmp_path):
 
 
 def test_qlora_4bit_under_zero3(tiny, zero3_config, tmp_path):
-    """Upstream's QLoRA always passes device_map, which ZeRO-3 refuses (upstream #1692); here it shards."""
+    """Upstream's QLoRA always passes device_map, which ZeRO-3 refuses (upstream #1692); here it shards. With
+    upstream's default --mm_use_im_patch_token True the added token's rows are gathered whole and saved beside the
+    projector (docs/upstream_differences.md #20)."""
     output_dir, dump_dir = tmp_path / "out", tmp_path / "dump"
-    _run_zero3(tiny, zero3_config, output_dir, dump_dir, bits=4, max_steps=2)
+    _run_zero3(tiny, zero3_config, output_dir, dump_dir, bits=4, max_steps=2, mm_use_im_patch_token=True)
+    non_lora = load_bin(output_dir / "non_lora_trainables.bin")
+    rows = {key: value for key, value in non_lora.items() if key.endswith(".added_rows")}
+    assert {key: tuple(value.shape) for key, value in rows.items()} == {
+        "base_model.model.model.embed_tokens.weight.added_rows": (1, 64),
+        "base_model.model.lm_head.weight.added_rows": (1, 64),
+    }
+    from llava.model.builder import load_pretrained_model
+
+    _, model, _, _ = load_pretrained_model(output_dir, tiny.llm, None, device="cpu")
+    assert torch.equal(model.get_output_embeddings().weight[-1:], rows["base_model.model.lm_head.weight.added_rows"])
     record = json.loads((dump_dir / "record.json").read_text())
     quantized = record["layout"]["base_model.model.model.layers.0.self_attn.q_proj.base_layer.weight"]
     # A 64x64 nf4 weight packs into 2048 bytes, stored as 512 fp32 "elements"; none of it stays on either rank.

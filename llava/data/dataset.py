@@ -12,7 +12,6 @@ import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -26,6 +25,7 @@ from llava.data.preprocess import preprocess, preprocess_multimodal
 from llava.data.records import load_records
 from llava.data.store import RecordStore, record_lengths
 from llava.data.validation import Report, check_records, sample_id
+from llava.data.vision import VisionSetup, vision_setup
 from llava.mm_utils import process_images
 from llava.utils import one_torch_thread
 
@@ -42,13 +42,15 @@ class LazySupervisedDataset(Dataset):
     tensor for ``square``/``pad``, a (1 + patches, 3, H, W) tensor plus ``image_size`` (width, height) for
     ``anyres``, and a zero (3, crop, crop) image for text-only samples (with ``image_size`` under anyres).
 
-    Everything beyond upstream's three arguments is explicit and keyword-only: the image processor (the vision
-    tower's), the conversation template (default: ``default_conversation``), whether the image is wrapped in
-    ``<im_start>``/``<im_end>``, the anyres grid (default: ``data_args.image_grid_pinpoints``), the records when
-    already read from ``data_path`` (a list of dicts, or the :class:`~llava.data.store.RecordStore` training shares
-    between dataloader workers and ranks), and ``checked=True`` when they already passed
-    ``llava.data.validation.check_records`` with the same template (training checks them before loading the model).
-    ``list_data_dict`` is those records, as upstream's attribute: ``dataset.list_data_dict[i]`` is record ``i``.
+    Everything beyond upstream's three arguments is explicit and keyword-only: the vision set-up
+    (:class:`~llava.data.vision.VisionSetup`: image processor, ``<im_start>``/``<im_end>``, aspect ratio, anyres grid;
+    or its parts as ``image_processor=``, ``mm_use_im_start_end=``, ``image_grid_pinpoints=``; without any of them,
+    upstream's attributes on ``data_args``, see :func:`~llava.data.vision.vision_setup`), the conversation template
+    (default: ``default_conversation``, as upstream), the records when already read from ``data_path`` (a list of
+    dicts, or the :class:`~llava.data.store.RecordStore` training shares between dataloader workers and ranks), and
+    ``checked=True`` when they already passed ``llava.data.validation.check_records`` with the same template
+    (training checks them before loading the model). ``list_data_dict`` is those records, as upstream's attribute:
+    ``dataset.list_data_dict[i]`` is record ``i``.
     """
 
     def __init__(
@@ -57,9 +59,10 @@ class LazySupervisedDataset(Dataset):
         tokenizer,
         data_args,
         *,
+        vision: VisionSetup | None = None,
         image_processor=None,
         conv: Conversation | None = None,
-        mm_use_im_start_end: bool = False,
+        mm_use_im_start_end: bool | None = None,
         image_grid_pinpoints: str | list | None = None,
         records: Sequence[dict] | None = None,
         checked: bool = False,
@@ -68,15 +71,14 @@ class LazySupervisedDataset(Dataset):
         self.data_path = str(data_path)
         self.tokenizer = tokenizer
         self.data_args = data_args
-        self.image_processor = image_processor
-        self.conv = conv or conversation_lib.default_conversation
-        self.mm_use_im_start_end = mm_use_im_start_end
-        self.image_aspect_ratio = data_args.image_aspect_ratio
-        self.image_grid_pinpoints = image_grid_pinpoints or data_args.image_grid_pinpoints
-        # What llava.mm_utils.process_images reads from a model config.
-        self._image_config = SimpleNamespace(
-            image_aspect_ratio=self.image_aspect_ratio, image_grid_pinpoints=self.image_grid_pinpoints
+        self.vision = vision_setup(
+            data_args,
+            vision,
+            image_processor=image_processor,
+            mm_use_im_start_end=mm_use_im_start_end,
+            image_grid_pinpoints=image_grid_pinpoints,
         )
+        self.conv = conv or conversation_lib.default_conversation
         # `records`: the file's records when the caller has read them already (training checks them before the model).
         self.list_data_dict = load_records(data_path) if records is None else records
         self._check_settings()
@@ -85,10 +87,13 @@ class LazySupervisedDataset(Dataset):
 
     # -- checks and lengths, once ------------------------------------------------------------------------------
 
+    @property
+    def is_multimodal(self) -> bool:
+        return self.vision is not None
+
     def _check_settings(self) -> None:
-        if self.data_args.is_multimodal and self.image_processor is None:
-            raise ValueError("a multimodal run needs the vision tower's image processor: pass image_processor=")
-        if self.data_args.is_multimodal and self.image_aspect_ratio == "anyres" and not self.image_grid_pinpoints:
+        vision = self.vision
+        if vision is not None and vision.image_aspect_ratio == "anyres" and not vision.image_grid_pinpoints:
             raise ValueError("--image_aspect_ratio anyres needs --image_grid_pinpoints, e.g. '[[336,672],[672,336]]'")
 
     def _scan(self, checked: bool) -> tuple[list[int], list[int]]:
@@ -97,7 +102,7 @@ class LazySupervisedDataset(Dataset):
         if not checked:
             Report(
                 self.data_path,
-                check_records(self.list_data_dict, conv=self.conv, is_multimodal=self.data_args.is_multimodal),
+                check_records(self.list_data_dict, conv=self.conv, is_multimodal=self.is_multimodal),
             ).enforce(logger)
         if isinstance(self.list_data_dict, RecordStore):  # computed once, when the store was built
             return self.list_data_dict.lengths, self.list_data_dict.modality_lengths
@@ -127,10 +132,8 @@ class LazySupervisedDataset(Dataset):
         if has_image:
             image = self._open_image(i, record)
             item.update(self._image_tensors(image))
-            sources = preprocess_multimodal(
-                sources, self.data_args, mm_use_im_start_end=self.mm_use_im_start_end, conv=self.conv
-            )
-        elif self.data_args.is_multimodal:
+            sources = preprocess_multimodal(sources, self.vision, conv=self.conv)
+        elif self.is_multimodal:
             item.update(self._zero_image())
         # preprocess never modifies its input, so the record needs no copy.
         data = preprocess(sources, self.tokenizer, has_image=has_image, conv=self.conv)
@@ -155,15 +158,21 @@ class LazySupervisedDataset(Dataset):
             ) from err
 
     def _image_tensors(self, image: Image.Image) -> dict[str, Any]:
-        pixels = process_images([image], self.image_processor, self._image_config)[0]
-        if self.image_aspect_ratio == "anyres":
+        if self.vision is None:
+            raise ValueError(
+                f"{self.data_path} has samples with images, but the dataset has no vision set-up: pass "
+                "vision=VisionSetup(...) (or image_processor=), as training with --vision_tower does"
+            )
+        # process_images reads image_aspect_ratio and image_grid_pinpoints as from a model config.
+        pixels = process_images([image], self.vision.image_processor, self.vision)[0]
+        if self.vision.image_aspect_ratio == "anyres":
             return {"image": pixels, "image_size": image.size}
         return {"image": pixels}
 
     def _zero_image(self) -> dict[str, Any]:
-        crop = self.image_processor.crop_size
+        crop = self.vision.image_processor.crop_size
         item: dict[str, Any] = {"image": torch.zeros(3, crop["height"], crop["width"])}
-        if self.image_aspect_ratio == "anyres":
+        if self.vision.image_aspect_ratio == "anyres":
             item["image_size"] = (crop["width"], crop["height"])
         return item
 
@@ -201,7 +210,7 @@ class DataCollatorForSupervisedDataset:
             [instance["labels"] for instance in instances], batch_first=True, padding_value=IGNORE_INDEX
         )[:, :limit]
         # From the lengths, not `input_ids != pad_id` as upstream: with pad = unk, a real <unk> in the text would be
-        # hidden from attention.
+        # hidden from attention (docs/upstream_differences.md #25).
         lengths = torch.tensor([len(instance["input_ids"]) for instance in instances])
         attention_mask = torch.arange(input_ids.shape[1]).unsqueeze(0) < lengths.unsqueeze(1)
         batch = dict(input_ids=input_ids, labels=labels, attention_mask=attention_mask)

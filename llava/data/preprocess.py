@@ -36,6 +36,7 @@ path, reproduced exactly with its quirks (see :func:`_preprocess_hash_format`).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, NamedTuple
@@ -52,6 +53,7 @@ from llava.constants import (
     IMAGE_TOKEN_INDEX,
 )
 from llava.conversation import Conversation, SeparatorStyle
+from llava.data.vision import VisionSetup
 from llava.tokenization import encode
 
 if TYPE_CHECKING:
@@ -164,17 +166,22 @@ def preprocess_multimodal(
     sources: Sequence[Source],
     data_args,
     *,
-    mm_use_im_start_end: bool = False,
+    mm_use_im_start_end: bool | None = None,
     conv: Conversation | None = None,
 ) -> list[list[dict]]:
     """Move ``<image>`` to the front of its turn (followed by a newline) and wrap it as the model expects.
 
     With an ``mmtag`` template the placeholder becomes ``<Image><image></Image>``; with ``mm_use_im_start_end`` it
-    is surrounded by ``<im_start>``/``<im_end>``. Does nothing unless ``data_args.is_multimodal``. Unlike upstream,
-    the input is left untouched: changed turns are returned as new dicts, so callers need no deep copy.
+    is surrounded by ``<im_start>``/``<im_end>``. ``data_args`` is a :class:`~llava.data.vision.VisionSetup` (a
+    multimodal run) or upstream's ``data_args``: then nothing happens unless ``data_args.is_multimodal``, and
+    ``mm_use_im_start_end`` defaults to ``data_args.mm_use_im_start_end``, as upstream. ``conv`` defaults to
+    ``default_conversation``. Unlike upstream, the input is left untouched: changed turns are returned as new dicts,
+    so callers need no deep copy.
     """
-    if not data_args.is_multimodal:
+    if not isinstance(data_args, VisionSetup) and not getattr(data_args, "is_multimodal", False):
         return sources
+    if mm_use_im_start_end is None:
+        mm_use_im_start_end = bool(getattr(data_args, "mm_use_im_start_end", False))
     conv = conv or conversation_lib.default_conversation
     placeholder = MMTAG_IMAGE if "mmtag" in conv.version else DEFAULT_IMAGE_TOKEN
     if mm_use_im_start_end:
@@ -377,8 +384,10 @@ def _as_batch(sources: Sequence[Source], tokenizer: Tokenizer, has_image: bool, 
     return dict(input_ids=_stack_rows(input_ids, pad), labels=_stack_rows(labels, IGNORE_INDEX))
 
 
-def _checked(conv: Conversation | None, default: str, style: SeparatorStyle, name: str) -> Conversation:
-    conv = conv or conversation_lib.conv_templates[default]
+def _checked(conv: Conversation | None, style: SeparatorStyle, name: str) -> Conversation:
+    # Upstream's preprocess_* render `default_conversation` (which its train() sets from --version) and assert its
+    # style; a template passed as `conv` is used instead.
+    conv = conv or conversation_lib.default_conversation
     if conv.sep_style != style:
         raise ValueError(f"{name} needs a template with separator style {style.name}; got {conv.sep_style.name}")
     return conv
@@ -387,32 +396,38 @@ def _checked(conv: Conversation | None, default: str, style: SeparatorStyle, nam
 def preprocess_v1(
     sources: Sequence[Source], tokenizer: Tokenizer, has_image: bool = False, *, conv: Conversation | None = None
 ) -> dict:
-    """Vicuna v1 / LLaVA v1 templates (``SeparatorStyle.TWO``); ``conv`` defaults to vicuna_v1."""
-    return _as_batch(sources, tokenizer, has_image, _checked(conv, "vicuna_v1", SeparatorStyle.TWO, "preprocess_v1"))
+    """Vicuna v1 / LLaVA v1 templates (``SeparatorStyle.TWO``); ``conv`` defaults to ``default_conversation``."""
+    return _as_batch(sources, tokenizer, has_image, _checked(conv, SeparatorStyle.TWO, "preprocess_v1"))
 
 
 def preprocess_llama_2(
     sources: Sequence[Source], tokenizer: Tokenizer, has_image: bool = False, *, conv: Conversation | None = None
 ) -> dict:
-    """Llama-2 chat templates (``SeparatorStyle.LLAMA_2``); ``conv`` defaults to llava_llama_2."""
-    conv = _checked(conv, "llava_llama_2", SeparatorStyle.LLAMA_2, "preprocess_llama_2")
+    """Llama-2 chat templates (``SeparatorStyle.LLAMA_2``: llama_2, llava_llama_2, mistral_instruct); ``conv``
+    defaults to ``default_conversation``, which must then be one of them (as upstream asserts)."""
+    conv = _checked(conv, SeparatorStyle.LLAMA_2, "preprocess_llama_2")
     return _as_batch(sources, tokenizer, has_image, conv)
 
 
 def preprocess_mpt(
     sources: Sequence[Source], tokenizer: Tokenizer, has_image: bool = False, *, conv: Conversation | None = None
 ) -> dict:
-    """ChatML templates (``SeparatorStyle.MPT``: mpt, chatml_direct); ``conv`` defaults to mpt."""
-    return _as_batch(sources, tokenizer, has_image, _checked(conv, "mpt", SeparatorStyle.MPT, "preprocess_mpt"))
+    """ChatML templates (``SeparatorStyle.MPT``: mpt, chatml_direct); ``conv`` defaults to ``default_conversation``,
+    which must then be one of them (as upstream asserts)."""
+    return _as_batch(sources, tokenizer, has_image, _checked(conv, SeparatorStyle.MPT, "preprocess_mpt"))
 
 
 def preprocess_plain(sources: Sequence[Source], tokenizer: Tokenizer, *, conv: Conversation | None = None) -> dict:
     """Projector pretraining: ``<image>`` + caption + sep, only the caption and sep supervised.
 
     As upstream, the first turn is replaced by the bare ``<image>`` placeholder (its text, including any
-    ``<im_start>``/``<im_end>``, is dropped). Returns lists of 1-D tensors, as upstream.
+    ``<im_start>``/``<im_end>``, is dropped). Returns lists of 1-D tensors, as upstream. Without ``conv`` the
+    separator is ``default_conversation``'s, whatever its style, as upstream (``plain``'s ``"\n"`` once its train()
+    sets it for ``--version plain``).
     """
-    conv = _checked(conv, "plain", SeparatorStyle.PLAIN, "preprocess_plain")
+    conv = conv or conversation_lib.default_conversation
+    if conv.sep_style != SeparatorStyle.PLAIN:
+        conv = dataclasses.replace(conv, sep_style=SeparatorStyle.PLAIN)
     input_ids, labels = _mask(sources, tokenizer, True, conv)
     return dict(input_ids=[_long(ids) for ids in input_ids], labels=[_long(row) for row in labels])
 

@@ -32,6 +32,23 @@ def parse_answer(text: str, options: list[str]) -> str:
     return found[0] if len(found) == 1 else FAILED
 
 
+def answer_is(text: str) -> str:
+    """The letter of exactly one "The answer is X." in ``text``, or FAILED (the GPT-4 scorers' only rule)."""
+    found = _ANSWER_IS.findall(text)
+    return found[0] if len(found) == 1 else FAILED
+
+
+def load_split(base_dir: str, split: str) -> dict[str, dict[str, Any]]:
+    """The problems of ``split`` (``pid_splits.json`` and ``problems.json`` in ``base_dir``), by id."""
+    with open(os.path.join(base_dir, "pid_splits.json"), encoding="utf-8") as file:
+        splits = json.load(file)
+    if split not in splits:
+        raise ValueError(f"{base_dir}/pid_splits.json has no split {split!r}; it has {', '.join(sorted(splits))}")
+    with open(os.path.join(base_dir, "problems.json"), encoding="utf-8") as file:
+        problems = json.load(file)
+    return {problem_id: problems[problem_id] for problem_id in splits[split]}
+
+
 def get_pred_idx(prediction: str, choices: list[Any], options: list[str]) -> int:
     """The index of ``prediction`` among this problem's options, or -1."""
     return options.index(prediction) if prediction in options[: len(choices)] else -1
@@ -40,19 +57,13 @@ def get_pred_idx(prediction: str, choices: list[Any], options: list[str]) -> int
 def evaluate(base_dir: str, result_file: str, split: str = "test", options: list[str] | None = None) -> dict[str, Any]:
     """``{"analyses": {"correct": [...], "incorrect": [...]}, "sqa_results": {...}}``: upstream's two outputs."""
     options = list(options or DEFAULT_OPTIONS)
-    with open(os.path.join(base_dir, "pid_splits.json"), encoding="utf-8") as file:
-        splits = json.load(file)
-    if split not in splits:
-        raise ValueError(f"{base_dir}/pid_splits.json has no split {split!r}; it has {', '.join(sorted(splits))}")
-    with open(os.path.join(base_dir, "problems.json"), encoding="utf-8") as file:
-        problems = json.load(file)
+    problems = load_split(base_dir, split)  # a problem listed twice counts once, as upstream
     with open(result_file, encoding="utf-8") as file:
         predictions = {pred["question_id"]: pred for pred in map(json.loads, filter(str.strip, file))}
 
     analyses: dict[str, list[dict[str, Any]]] = {"correct": [], "incorrect": []}
     sqa_results: dict[str, Any] = {"acc": None, "correct": None, "count": None, "results": {}, "outputs": {}}
-    for problem_id in dict.fromkeys(splits[split]):  # a problem listed twice counts once, as upstream
-        problem = problems[problem_id]
+    for problem_id, problem in problems.items():
         prediction = predictions.get(problem_id, {"text": FAILED, "prompt": "Unknown"})
         text = prediction["text"]
         answer = parse_answer(text, options)
@@ -93,8 +104,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def get_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The parsed command line (upstream's name)."""
+    return build_parser().parse_args(argv)
+
+
+def convert_caps(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Answer lines as COCO-style captions, ``{"image_id": int(question_id), "caption": text}`` (upstream's helper)."""
+    return [{"image_id": int(result["question_id"]), "caption": result["text"]} for result in results]
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    args = build_parser().parse_args(argv)
+    args = get_args(argv)
     outcome = evaluate(args.base_dir, args.result_file, args.split, args.options)
     with open(args.output_file, "w", encoding="utf-8") as file:
         json.dump(outcome["analyses"], file, indent=2)

@@ -79,8 +79,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def get_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The parsed command line (upstream's name)."""
+    return build_parser().parse_args(argv)
+
+
 def main(argv: list[str] | None = None) -> dict[str, float]:
-    args = build_parser().parse_args(argv)
+    args = get_args(argv)
     accuracies = {}
     if args.result_file is not None:
         accuracies[args.result_file] = eval_single(args.annotation_file, args.result_file)

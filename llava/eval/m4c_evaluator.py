@@ -1,5 +1,6 @@
-"""VQA-style answer normalisation and TextVQA's soft accuracy, under upstream's names (``EvalAIAnswerProcessor``,
-``TextVQAAccuracyEvaluator``), which its TextVQA scorer and VQAv2/VizWiz submission converters use.
+"""VQA-style answer normalisation, TextVQA's soft accuracy and the ST-VQA and TextCaps scores, under upstream's names
+(``EvalAIAnswerProcessor``, ``TextVQAAccuracyEvaluator``, ``STVQAAccuracyEvaluator``, ``STVQAANLSEvaluator``,
+``TextCapsBleu4Evaluator``), which its TextVQA scorer and VQAv2/VizWiz submission converters use.
 
 The normalisation is the official VQA evaluation's, as EvalAI and the m4c (MMF) evaluator apply it, including its
 quirks, so that scores equal upstream's:
@@ -120,3 +121,81 @@ class TextVQAAccuracyEvaluator:
             for entry in pred_list
         ]
         return sum(scores) / len(scores)
+
+
+class STVQAAccuracyEvaluator:
+    """ST-VQA accuracy: 1 when the normalised prediction equals one of the normalised ground-truth answers."""
+
+    def __init__(self):
+        self.answer_processor = EvalAIAnswerProcessor()
+
+    def eval_pred_list(self, pred_list: list[dict]) -> float:
+        """Mean accuracy over ``[{"pred_answer": str, "gt_answers": [str, ...]}, ...]``."""
+        if not pred_list:
+            raise ValueError("no predictions to score")
+        scores = []
+        for entry in pred_list:
+            answers = {self.answer_processor(answer) for answer in entry["gt_answers"]}
+            scores.append(1.0 if self.answer_processor(entry["pred_answer"]) in answers else 0.0)
+        return sum(scores) / len(scores)
+
+
+ANLS_THRESHOLD = 0.5
+
+
+def edit_distance(first: str, second: str) -> int:
+    """Levenshtein distance between two strings (what the ``editdistance`` package upstream imports computes)."""
+    previous = list(range(len(second) + 1))
+    for row, char in enumerate(first, start=1):
+        current = [row]
+        for column, other in enumerate(second, start=1):
+            current.append(min(previous[column] + 1, current[column - 1] + 1, previous[column - 1] + (char != other)))
+        previous = current
+    return previous[-1]
+
+
+class STVQAANLSEvaluator:
+    """ST-VQA's average normalised Levenshtein similarity (ANLS): per question the best ``1 - distance / longer
+    length`` over the ground-truth answers (lower-cased, stripped), 0 below 0.5."""
+
+    def __init__(self):
+        self.get_edit_distance = edit_distance
+
+    def get_anls(self, s1: str, s2: str) -> float:
+        s1, s2 = s1.lower().strip(), s2.lower().strip()
+        longer = max(len(s1), len(s2))
+        similarity = 1.0 - self.get_edit_distance(s1, s2) / longer if longer else 1.0
+        return similarity if similarity >= ANLS_THRESHOLD else 0.0
+
+    def eval_pred_list(self, pred_list: list[dict]) -> float:
+        if not pred_list:
+            raise ValueError("no predictions to score")
+        scores = [
+            max(self.get_anls(entry["pred_answer"], answer) for answer in entry["gt_answers"]) for entry in pred_list
+        ]
+        return sum(scores) / len(scores)
+
+
+class TextCapsBleu4Evaluator:
+    """TextCaps' BLEU-4 with the COCO caption tools, as upstream: it needs ``pycocoevalcap`` (and Java, for its PTB
+    tokenizer), which this package does not install."""
+
+    def __init__(self):
+        try:
+            from pycocoevalcap.bleu.bleu import Bleu
+            from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
+        except ModuleNotFoundError as error:
+            raise ModuleNotFoundError(
+                "TextCapsBleu4Evaluator needs the COCO caption tools: pip install pycocoevalcap (its PTB tokenizer "
+                "also needs Java 1.8 or newer on PATH)"
+            ) from error
+        self.tokenizer = PTBTokenizer()
+        self.scorer = Bleu(4)
+
+    def eval_pred_list(self, pred_list: list[dict]) -> float:
+        references = {
+            index: [{"caption": answer} for answer in entry["gt_answers"]] for index, entry in enumerate(pred_list)
+        }
+        hypotheses = {index: [{"caption": entry["pred_answer"]}] for index, entry in enumerate(pred_list)}
+        score, _ = self.scorer.compute_score(self.tokenizer.tokenize(references), self.tokenizer.tokenize(hypotheses))
+        return score[3]  # (BLEU-1, BLEU-2, BLEU-3, BLEU-4)

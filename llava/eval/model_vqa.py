@@ -15,6 +15,7 @@ from typing import Any
 
 from llava.eval import common
 from llava.eval.answers import read_jsonl
+from llava.eval.common import get_chunk, split_list  # noqa: F401  (upstream defines them here)
 
 QUESTION_KEYS = ("question_id", "image", "text")
 

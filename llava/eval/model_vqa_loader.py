@@ -12,10 +12,56 @@ from __future__ import annotations
 
 import argparse
 
+import torch
+
 from llava.eval import common
+from llava.eval.common import get_chunk, split_list  # noqa: F401  (upstream defines them here)
 from llava.eval.model_vqa import image_requests, read_questions
 
 UPSTREAM_LOADER_WORKERS = 4
+UPSTREAM_CONV_MODE = "llava_v1"
+
+
+class CustomDataset(torch.utils.data.Dataset):
+    """Upstream's dataset of image questions: ``(input_ids, image_tensor, image.size)`` per question line, the prompt
+    in ``conv_mode`` (upstream read it from the command line's global ``args``, so the class failed when imported)."""
+
+    def __init__(
+        self, questions, image_folder, tokenizer, image_processor, model_config, conv_mode: str = UPSTREAM_CONV_MODE
+    ):
+        to_requests = image_requests(image_folder)
+        requests = [request for question in questions for request in to_requests(question, model_config)]
+        self._requests = common.RequestDataset(requests, tokenizer, image_processor, model_config, conv_mode)
+
+    def __len__(self) -> int:
+        return len(self._requests)
+
+    def __getitem__(self, index: int):
+        _, input_ids, image, size = self._requests[index]
+        return input_ids, image, size
+
+
+def collate_fn(batch):
+    """Upstream's: stacked ids and images (so one question per batch), the sizes as a tuple."""
+    input_ids, images, sizes = zip(*batch)
+    return torch.stack(input_ids), torch.stack(images), sizes
+
+
+def create_data_loader(
+    questions, image_folder, tokenizer, image_processor, model_config, batch_size=1,
+    num_workers=UPSTREAM_LOADER_WORKERS, conv_mode: str = UPSTREAM_CONV_MODE,
+):  # fmt: skip
+    """Upstream's loader over :class:`CustomDataset`: one question per batch (the command line's ``--batch-size``
+    batches left-padded prompts instead)."""
+    if batch_size != 1:
+        raise ValueError(
+            f"create_data_loader stacks unpadded prompts, so batch_size must be 1 (got {batch_size}), as upstream; "
+            "for batches use python -m llava.eval.model_vqa_loader --batch-size N"
+        )
+    dataset = CustomDataset(questions, image_folder, tokenizer, image_processor, model_config, conv_mode)
+    return torch.utils.data.DataLoader(
+        dataset, batch_size=batch_size, num_workers=num_workers, shuffle=False, collate_fn=collate_fn
+    )
 
 
 def eval_model(args: argparse.Namespace) -> int:
@@ -27,7 +73,7 @@ def eval_model(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     return common.build_parser(
         "Answer a JSONL file of image questions (images prepared in worker processes).",
-        question_file="tables/question.jsonl", conv_mode="llava_v1", max_new_tokens=128,
+        question_file="tables/question.jsonl", conv_mode=UPSTREAM_CONV_MODE, max_new_tokens=128,
         num_workers=UPSTREAM_LOADER_WORKERS,
     )  # fmt: skip
 

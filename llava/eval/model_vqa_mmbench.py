@@ -17,8 +17,10 @@ import sys
 from typing import Any
 
 from llava.eval import common
+from llava.eval.common import get_chunk, split_list  # noqa: F401  (upstream defines them here)
 
 ALL_OPTIONS = ("A", "B", "C", "D")
+all_options = list(ALL_OPTIONS)  # upstream's name
 REQUIRED_COLUMNS = ("index", "question", "hint", "image", *ALL_OPTIONS)
 SINGLE_PRED_PROMPT = {
     "en": "Answer with the option's letter from the given choices directly.",

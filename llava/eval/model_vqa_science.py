@@ -17,6 +17,7 @@ from typing import Any
 
 from llava.constants import DEFAULT_IMAGE_TOKEN
 from llava.eval import common
+from llava.eval.common import get_chunk, split_list  # noqa: F401  (upstream defines them here)
 
 SINGLE_PRED_PROMPT = "Answer with the option's letter from the given choices directly."
 

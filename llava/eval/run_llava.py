@@ -14,11 +14,12 @@ from typing import Any
 import torch
 
 from llava.constants import IMAGE_TOKEN_INDEX
-from llava.inference import (
+from llava.inference import (  # noqa: F401  (load_image: upstream defines it here)
     default_device,
     generation_options,
     images_to_tensor,
     insert_image_tokens,
+    load_image,
     load_images,
     resolve_conv_mode,
 )

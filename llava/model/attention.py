@@ -6,6 +6,7 @@ training and the loader both decide here instead.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import logging
 
@@ -29,3 +30,21 @@ def select_attn_implementation() -> str:
         reason = "flash_attn is not installed" if has_cuda else "no CUDA device"
         logger.warning("flash-attention-2 unavailable (%s); using PyTorch SDPA attention.", reason)
     return SDPA
+
+
+def choose_instead_of_patch(patch: str, wanted: str) -> str:
+    """What upstream's attention monkey patches (``replace_llama_attn_with_*``) do here: choose transformers' own
+    attention implementation (``wanted``, or SDPA where flash-attention-2 cannot run) and say so once per process."""
+    chosen = select_attn_implementation() if wanted == FLASH_ATTENTION else wanted
+    _say_once(patch, chosen)
+    return chosen
+
+
+@functools.cache
+def _say_once(patch: str, chosen: str) -> None:
+    if is_main_process():
+        logger.warning(
+            "upstream's %s attention patch is not applied: transformers' own %s attention is used instead",
+            patch,
+            chosen,
+        )

@@ -17,7 +17,10 @@ language model        any other ``config.json`` with weights
 ``model_path`` and ``model_base`` are local directories or hub ids (``liuhaotian/llava-v1.5-7b``,
 ``lmsys/vicuna-7b-v1.5``), resolved through the HF cache by :mod:`llava.model.hub` before the kind is decided.
 The releases' ``"model_type": "llava"`` configs are read as this package's ``LlavaConfig``
-(:func:`llava.model.language_model.llava_llama.load_checkpoint_config`).
+(:func:`llava.model.families.load_checkpoint_config`). The class is the config's family's
+(:func:`llava.model.families.family_of`: ``LlavaLlamaForCausalLM``, ``LlavaMistralForCausalLM``), never a guess from
+the name (upstream builds ``LlavaMistralForCausalLM`` only when the name says "mistral", and its LoRA branch always a
+Llama).
 
 ``model_name`` is still accepted (upstream passes ``get_model_name_from_path(model_path)``) but decides nothing.
 """
@@ -36,7 +39,9 @@ from typing import Any
 
 import torch
 
+from llava.model.added_tokens import restore_added_rows, split_added_rows
 from llava.model.attention import select_attn_implementation
+from llava.model.families import family_of, is_llava_config, load_checkpoint_config
 from llava.model.files import (
     ADAPTER_CONFIG_FILE,
     ADAPTER_WEIGHT_FILES,
@@ -48,7 +53,6 @@ from llava.model.files import (
     TOKENIZER_CONFIG_FILE,
 )
 from llava.model.hub import resolve_model_dir
-from llava.model.language_model.llava_llama import is_llava_config, load_checkpoint_config
 from llava.model.llava_arch import add_image_tokens
 from llava.model.quantization import bnb_config
 from llava.model.state_files import load_state_file, nonfinite_tensors
@@ -210,9 +214,11 @@ def _load_lora_run(run_dir: Path, model_base: Path, options: dict[str, Any]) -> 
         config = base_config
     non_lora_file = run_dir / NON_LORA_TRAINABLES_FILE
     non_lora_state = _normalise_non_lora_keys(load_state_file(non_lora_file)) if non_lora_file.is_file() else {}
+    non_lora_state, added_rows = split_added_rows(non_lora_state)
 
     model, missing = _load_base(model_base, config, base_config, options)
     _apply_state(model, non_lora_state, non_lora_file, model_base)
+    _restore_added_tokens(model, added_rows, base_config, non_lora_file)
     still_missing = sorted(set(missing) - set(non_lora_state))
     if still_missing:
         raise ValueError(_missing_weights_message(model_base, still_missing, non_lora_file))
@@ -236,10 +242,11 @@ def _load_projector_over_base(projector_dir: Path, model_base: Path, options: di
     config = load_checkpoint_config(config_file.parent)
     base_config = load_checkpoint_config(model_base)
     projector_file = projector_dir / PROJECTOR_FILE
-    projector_state = load_state_file(projector_file)
+    projector_state, added_rows = split_added_rows(load_state_file(projector_file))
 
     model, missing = _load_base(model_base, config, base_config, options)
     _apply_state(model, projector_state, projector_file, model_base)
+    _restore_added_tokens(model, added_rows, base_config, projector_file)
     still_missing = sorted(set(missing) - set(projector_state))
     if still_missing:
         raise ValueError(_missing_weights_message(model_base, still_missing, projector_file))
@@ -252,12 +259,8 @@ def _load_complete_model(model_dir: Path, options: dict[str, Any]) -> _Loaded:
 
     The config is read first: a release's ``"model_type": "llava"`` would otherwise name transformers' own LLaVA.
     """
-    from transformers import AutoModelForCausalLM
-
-    import llava.model  # noqa: F401  (registers llava_llama with the Auto classes)
-
     config = load_checkpoint_config(model_dir)
-    model, info = AutoModelForCausalLM.from_pretrained(model_dir, config=config, output_loading_info=True, **options)
+    model, info = _model_class(config).from_pretrained(model_dir, config=config, output_loading_info=True, **options)
     if info["missing_keys"]:
         raise ValueError(
             f"{model_dir} is incomplete: no weights for {_preview(info['missing_keys'])}. Re-save the model, or if "
@@ -279,23 +282,22 @@ def _load_base(
     larger than the base's: the base is loaded at its own size and then resized, and the trained rows arrive with the
     non-LoRA trainables. Any other shape difference means the base is not the one the run was trained from.
     """
-    from transformers import AutoModelForCausalLM
-
-    import llava.model  # noqa: F401  (registers llava_llama with the Auto classes)
-
     if not hasattr(base_config, "vocab_size") or not hasattr(base_config, "hidden_size"):
         raise ValueError(
             f"--model-base {model_base} is not a language model (model_type {base_config.model_type!r}); pass the "
             "--model_name_or_path the run was trained from"
         )
     config = copy.deepcopy(config)
-    run_vocab_size = config.vocab_size
+    run_vocab_size, run_pad_token_id = config.vocab_size, getattr(config, "pad_token_id", None)
     config.vocab_size = base_config.vocab_size
+    if run_pad_token_id is not None and run_pad_token_id >= base_config.vocab_size:
+        # `--version v0` pads with its own [PAD] token, one the base does not have yet: set back after the resize.
+        config.pad_token_id = getattr(base_config, "pad_token_id", None)
     _check_base_matches(config, base_config, model_base)
     try:
         # The run's weights (projector, added tokens) are missing from the base by design; they are checked below.
         with quiet_transformers():
-            model, info = AutoModelForCausalLM.from_pretrained(
+            model, info = _model_class(config).from_pretrained(
                 model_base, config=config, output_loading_info=True, **options
             )
     except RuntimeError as err:
@@ -316,7 +318,17 @@ def _load_base(
         )
         model.resize_token_embeddings(run_vocab_size)
         model.config.vocab_size = run_vocab_size
+    model.config.pad_token_id = run_pad_token_id
     return model, list(info["missing_keys"])
+
+
+def _model_class(config: Any) -> type:
+    """A LLaVA config's family's causal LM; any other config's transformers class."""
+    if _is_llava_config(config.to_dict()):
+        return family_of(config).causal_lm_class
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM
 
 
 def _check_base_matches(config: Any, base_config: Any, model_base: Path) -> None:
@@ -331,6 +343,22 @@ def _check_base_matches(config: Any, base_config: Any, model_base: Path) -> None
         raise ValueError(
             f"--model-base {model_base} is not the model this run was trained from ({'; '.join(differing)}). "
             "Pass the --model-base used for training"
+        )
+
+
+def _restore_added_tokens(model: torch.nn.Module, rows: dict, base_config: Any, source: Path) -> None:
+    """Put the rows of the tokens the run added (``<im_patch>``, ``<im_start>``/``<im_end>``, ``[PAD]``) back, so that
+    the loaded model is the one that trained (docs/upstream_differences.md #20)."""
+    added = model.get_input_embeddings().num_embeddings - base_config.vocab_size
+    if rows:
+        restore_added_rows(model, rows, source)
+    elif added > 0:
+        logger.warning(
+            "%s has no rows for the %d token(s) the run added to the base's vocabulary (written before they were "
+            "saved, or by upstream): they start from new random rows, so their logits (and everything after an "
+            "added token in the input) differ from the trained model's",
+            source,
+            added,
         )
 
 
@@ -375,7 +403,9 @@ def _merge_adapter(model: torch.nn.Module, run_dir: Path) -> torch.nn.Module:
         peft_model = PeftModel.from_pretrained(model, run_dir)
     except RuntimeError as err:
         raise ValueError(f"the LoRA weights in {weight_file} do not fit the base model: {err}") from err
-    loaded = get_peft_model_state_dict(peft_model)
+    # The embedding matrices are never part of the adapter (training saves without them; a grown vocabulary would
+    # otherwise make PEFT expect them here): their added rows come with the non-LoRA trainables.
+    loaded = get_peft_model_state_dict(peft_model, save_embedding_layers=False)
     missing = sorted(set(loaded) - set(expected))
     unused = sorted(set(expected) - set(loaded))
     if missing or unused:

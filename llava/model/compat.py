@@ -22,7 +22,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import re
 import shutil
 from os import PathLike
 from pathlib import Path
@@ -64,7 +63,8 @@ def adapter_config_for_old_peft(directory: str | PathLike) -> list[str]:
     if config.get("peft_type") != "LORA":
         return []
     defaults = _field_defaults(LoraConfig)
-    _fold_exclusions_into_targets(config)
+    if isinstance(config.get("target_modules"), list):  # peft keeps a set: the same file for the same run
+        config["target_modules"] = sorted(config["target_modules"])
     kept_unknown = []
     for key in sorted(set(config) - PEFT_0_10_LORA_FIELDS):
         if key in _PEFT_METADATA or (key in defaults and _same_json(config[key], defaults[key])):
@@ -80,21 +80,6 @@ def adapter_config_for_old_peft(directory: str | PathLike) -> list[str]:
         )
     path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     return kept_unknown
-
-
-def _fold_exclusions_into_targets(config: dict) -> None:
-    """A regex ``exclude_modules`` with a list of ``target_modules`` -> one ``target_modules`` regex, same matches.
-
-    PEFT adapts a module whose name ends with one of the listed names (``name == target`` or ``endswith("." +
-    target)``) unless the exclusion pattern fullmatches the name; peft 0.10 has no exclusions but takes a regex
-    target (fullmatched). The vision tower's ``q_proj`` stays unadapted in both.
-    """
-    exclude, targets = config.get("exclude_modules"), config.get("target_modules")
-    if not isinstance(exclude, str) or not isinstance(targets, list) or not targets:
-        return
-    names = "|".join(re.escape(name) for name in sorted(targets))
-    config["target_modules"] = rf"(?!(?:{exclude})\Z)(?:.*\.)?(?:{names})"
-    del config["exclude_modules"]
 
 
 def _field_defaults(config_class) -> dict[str, Any]:

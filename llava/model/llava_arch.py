@@ -87,6 +87,8 @@ class LlavaMetaModel:
         self.config.mm_vision_select_layer = model_args.mm_vision_select_layer
         self.config.mm_vision_select_feature = model_args.mm_vision_select_feature
         self.config.mm_patch_merge_type = merge_type
+        if getattr(vision_tower, "s2_scales", None) is not None:  # what build_vision_tower reads back at load time
+            self.config.s2, self.config.s2_scales = True, ",".join(map(str, vision_tower.s2_scales))
 
         if getattr(self, "mm_projector", None) is None:
             self.mm_projector = build_vision_projector(self.config)

@@ -86,6 +86,17 @@ class ModelArguments:
     mm_vision_select_feature: VisionSelectFeature = field(
         default="patch", metadata={"help": "'patch' drops the CLS feature, 'cls_patch' keeps it."}
     )
+    s2: bool = field(
+        default=False,
+        metadata={
+            "help": "Multiscale vision features (S2, upstream's CLIPVisionTowerS2): the tower runs at every scale of "
+            "--s2_scales and the features are concatenated (the projector's input grows accordingly)."
+        },
+    )
+    s2_scales: Optional[str] = field(
+        default="336,672,1008",
+        metadata={"help": "S2 image sizes, comma-separated; the smallest is the tower's input size."},
+    )
 
 
 @dataclass
@@ -95,7 +106,11 @@ class DataArguments:
         default=False, metadata={"help": "Accepted for compatibility; samples are always processed lazily."}
     )
     is_multimodal: bool = field(
-        default=False, metadata={"help": "Set by training when a vision tower is configured; not needed on the CLI."}
+        default=False,
+        metadata={
+            "help": "Upstream's field, which its train() sets; read only from callers that build datasets from "
+            "data_args themselves (training decides from --vision_tower). Not needed on the CLI."
+        },
     )
     image_folder: Optional[str] = field(default=None, metadata={"help": "Folder the 'image' paths are relative to."})
     image_aspect_ratio: ImageAspectRatio = field(
@@ -353,6 +368,8 @@ def _check_choices(model_args: ModelArguments, data_args: DataArguments, trainin
             f"--version {model_args.version!r} is not a conversation template; valid names: "
             f"{', '.join(sorted(versions))}."
         )
+    if model_args.s2:
+        problems += _check_s2_scales(model_args.s2_scales)
     if not PROJECTOR_TYPE_PATTERN.fullmatch(model_args.mm_projector_type or ""):
         problems.append(
             f"--mm_projector_type {model_args.mm_projector_type!r} is unknown; use 'linear', 'identity' or "
@@ -370,6 +387,16 @@ def _check_choices(model_args: ModelArguments, data_args: DataArguments, trainin
             "e.g. '[[336,672],[672,336],[672,672]]'."
         )
     return [problem for problem in problems if problem is not None]
+
+
+def _check_s2_scales(scales: Optional[str]) -> list[str]:
+    from llava.model.multimodal_encoder.s2 import parse_s2_scales
+
+    try:
+        parse_s2_scales(scales or "")
+    except ValueError as error:
+        return [f"{error}."]
+    return []
 
 
 def _check_files(model_args: ModelArguments, data_args: DataArguments) -> list[str]:

@@ -1,9 +1,12 @@
 """LoRA and k-bit (QLoRA) preparation of the language model.
 
-LoRA targets every linear layer of the language model, by leaf name as upstream (`q_proj`, ..., `down_proj`),
-and never the vision tower, the projector or `lm_head`: the multimodal modules are also listed in the config's
-`exclude_modules`, so a vision tower whose layers share those leaf names (CLIP has `q_proj`, `k_proj`, `v_proj`)
-is never adapted, whatever order the modules were built in.
+LoRA targets every linear layer of the language model, by leaf name as upstream (`q_proj`, ..., `down_proj`), and
+never the vision tower, the projector or `lm_head`. `adapter_config.json` holds upstream's form, the list of leaf
+names, which every reader understands (peft of any version, vLLM's LoRA loader, LLaMA-Factory's export). The list
+alone would also adapt a vision tower built before LoRA wraps the model whose layers share those names (CLIP has
+`q_proj`, `k_proj`, `v_proj`; a LLaVA-1.6 checkpoint that fine-tuned its tower builds it at load time): only then
+the multimodal modules go into `exclude_modules` as well, which current peft honours and older readers do not
+know (docs/upstream_differences.md #21).
 """
 
 from __future__ import annotations
@@ -38,6 +41,13 @@ def find_all_linear_names(model: nn.Module) -> list[str]:
     return sorted(names)
 
 
+def multimodal_modules_sharing(model: nn.Module, targets: list[str]) -> list[str]:
+    """The vision tower's and projector's modules that a list of leaf names would also adapt (PEFT matches a name
+    that is a target or ends with ``.`` + a target)."""
+    wanted = set(targets)
+    return [name for name, _ in model.named_modules() if _is_multimodal(name) and name.rpartition(".")[2] in wanted]
+
+
 def _is_multimodal(module_name: str) -> bool:
     return any(keyword in module_name for keyword in MULTIMODAL_KEYWORDS)
 
@@ -63,13 +73,11 @@ def add_lora(model: nn.Module, training_args) -> nn.Module:
     from peft import LoraConfig, get_peft_model
 
     targets = find_all_linear_names(model)
-    has_multimodal = any(_is_multimodal(name) for name, _ in model.named_modules())
     config = LoraConfig(
         r=training_args.lora_r,
         lora_alpha=training_args.lora_alpha,
         target_modules=targets,
-        # (PEFT warns when an exclusion matches nothing, so it is only set when there is something to exclude.)
-        exclude_modules=MULTIMODAL_EXCLUDE_PATTERN if has_multimodal else None,
+        exclude_modules=MULTIMODAL_EXCLUDE_PATTERN if multimodal_modules_sharing(model, targets) else None,
         lora_dropout=training_args.lora_dropout,
         bias=training_args.lora_bias,
         task_type="CAUSAL_LM",

@@ -8,14 +8,15 @@ state of their own.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from typing import Any, Optional
 
 import torch
 import transformers
 from torch import nn
 
+from llava import conversation as conversation_lib
 from llava.conversation import Conversation, get_conv_template, template_name
+from llava.data.vision import VisionSetup
 from llava.distributed.state import is_zero3_enabled
 from llava.distributed.zero3 import disable_4bit_cpu_repacking
 from llava.model.llava_arch import init_rows_at_mean
@@ -84,31 +85,29 @@ def model_dir(model_args: ModelArguments, training_args: TrainingArguments):
 def load_model(
     model_args: ModelArguments, training_args: TrainingArguments, attn_implementation: Optional[str] = None
 ) -> transformers.PreTrainedModel:
-    """The language model (a `LlavaLlamaForCausalLM` when a vision tower is given), with the cache off.
+    """The language model, as its family's LLaVA causal LM when a vision tower is given, with the cache off.
 
+    The family (Llama, Mistral) comes from the checkpoint's config through :func:`llava.model.families.family_of`.
     A LLaVA release (`"model_type": "llava"`, fp16 shards, no vision tower weights) loads like a Vicuna: its config is
     read here and turned into this package's `LlavaConfig` (transformers' own "llava" is another model).
     """
-    from llava.model.language_model.llava_llama import load_checkpoint_config
+    from llava.model.families import family_of, language_config, load_checkpoint_config
 
     directory = model_dir(model_args, training_args)
     multimodal = model_args.vision_tower is not None
     config = load_checkpoint_config(directory, as_llava=multimodal)
-    kwargs = dict(
+    family = family_of(config)
+    if multimodal:
+        model_class = family.causal_lm_class
+    else:
+        config, model_class = language_config(config), family.language_causal_lm_class
+    model = model_class.from_pretrained(
+        directory,
         config=config,
         attn_implementation=attn_implementation,
         dtype=load_dtype(training_args),
         **quantization_kwargs(training_args),
     )
-    if multimodal:
-        from llava.model import LlavaLlamaForCausalLM
-
-        model = LlavaLlamaForCausalLM.from_pretrained(directory, **kwargs)
-    else:
-        if not isinstance(config, transformers.LlamaConfig):
-            config = transformers.LlamaConfig.from_dict({**config.to_dict(), "model_type": "llama"})
-            kwargs["config"] = config
-        model = transformers.LlamaForCausalLM.from_pretrained(directory, **kwargs)
     model.config.use_cache = False
     if training_args.bits == 4 and is_zero3_enabled() and not torch.cuda.is_available():
         # bitsandbytes' CPU repacking does not survive ZeRO-3 re-partitioning (docs/qlora_zero3.md).
@@ -130,7 +129,9 @@ def setup_template(model_args: ModelArguments, tokenizer, model: nn.Module) -> C
     """Set the pad token as upstream does for `--version` and return the conversation template to train with.
 
     `v0` adds a `[PAD]` token (resizing the embeddings) and, like `v0.5`, uses vicuna_v1; every other version
-    pads with `unk` and uses the template of that name. An unknown name is an error (docs/upstream_differences.md #4), caught earlier by
+    pads with `unk` and uses the template of that name. As upstream's train(), the template also becomes
+    `llava.conversation.default_conversation`, for code that reads it (a fork's own preprocessing, eval); this
+    package passes the returned template explicitly instead. An unknown name is an error (docs/upstream_differences.md #4), caught earlier by
     `validate_args`; `get_conv_template` raises too, for callers that skip validation.
     """
     version = model_args.version
@@ -141,6 +142,7 @@ def setup_template(model_args: ModelArguments, tokenizer, model: nn.Module) -> C
         tokenizer.pad_token = tokenizer.unk_token
     name = template_name(version)
     template = get_conv_template(name)
+    conversation_lib.default_conversation = conversation_lib.conv_templates[name]
     logger.info("Conversation template: %s (--version %s)", name, version)
     return template
 
@@ -152,14 +154,6 @@ def smart_tokenizer_and_embedding_resize(special_tokens_dict: dict, tokenizer, m
     init_rows_at_mean(model, list(range(len(tokenizer) - num_new_tokens, len(tokenizer))))
 
 
-@dataclass(frozen=True)
-class VisionSetup:
-    """What the data pipeline needs from the vision side of the model."""
-
-    image_processor: Any
-    image_grid_pinpoints: Optional[list[list[int]]]
-
-
 def setup_vision_modules(
     model: nn.Module,
     tokenizer,
@@ -167,11 +161,12 @@ def setup_vision_modules(
     data_args: DataArguments,
     training_args: TrainingArguments,
 ) -> VisionSetup:
-    """Build the vision tower and projector, decide what trains, and record upstream's config fields."""
+    """Build the vision tower and projector, decide what trains, and record upstream's config fields; return what
+    the data pipeline needs (upstream writes it onto `data_args` instead: `image_processor`, `is_multimodal`,
+    `mm_use_im_start_end`)."""
     model.get_model().initialize_vision_modules(model_args=model_args, fsdp=training_args.fsdp)
     vision_tower = model.get_vision_tower()
     vision_tower.to(dtype=_vision_tower_dtype(training_args), device=training_args.device)
-    data_args.is_multimodal = True
 
     config = model.config
     pinpoints = parse_grid_pinpoints(data_args.image_grid_pinpoints) if data_args.image_grid_pinpoints else None
@@ -195,7 +190,12 @@ def setup_vision_modules(
     config.mm_projector_lr = training_args.mm_projector_lr
     config.mm_use_im_patch_token = model_args.mm_use_im_patch_token
     model.initialize_vision_tokenizer(model_args, tokenizer=tokenizer)
-    return VisionSetup(image_processor=vision_tower.image_processor, image_grid_pinpoints=pinpoints)
+    return VisionSetup(
+        image_processor=vision_tower.image_processor,
+        mm_use_im_start_end=model_args.mm_use_im_start_end,
+        image_aspect_ratio=data_args.image_aspect_ratio,
+        image_grid_pinpoints=pinpoints,
+    )
 
 
 def _vision_tower_dtype(training_args: TrainingArguments) -> torch.dtype:

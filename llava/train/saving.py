@@ -3,8 +3,9 @@ them back when a run resumes.
 
 LoRA (`--lora_enable True`), in `output_dir` and in every `checkpoint-N/` (upstream #1010, #1245, #1566):
 `adapter_model.bin` + `adapter_config.json` (written by PEFT, keys without the adapter name),
-`non_lora_trainables.bin` (every trainable non-LoRA tensor, e.g. the projector) and `config.json`.
-Projector pretraining (`--tune_mm_mlp_adapter True`): `mm_projector.bin` + `config.json`.
+`non_lora_trainables.bin` (every trainable non-LoRA tensor, e.g. the projector, and the embedding rows of tokens the
+run added, see `llava.model.added_tokens`) and `config.json`.
+Projector pretraining (`--tune_mm_mlp_adapter True`): `mm_projector.bin` (and the added rows) + `config.json`.
 Full fine-tune: transformers' own `save_pretrained` directory (handled by `Trainer`).
 
 Tensors come from the ZeRO-3 helpers in `llava.distributed.zero3` (one gather path for everything): every rank calls
@@ -28,6 +29,7 @@ from llava.distributed.zero3 import (
     get_peft_state_non_lora_maybe_zero_3,
 )
 from llava.model import compat
+from llava.model.added_tokens import added_rows_state, restore_added_rows, split_added_rows
 from llava.model.files import ADAPTER_WEIGHTS_FILE, CONFIG_FILE, NON_LORA_TRAINABLES_FILE, PROJECTOR_FILE
 from llava.model.state_files import load_state_file, nonfinite_tensors
 
@@ -36,7 +38,7 @@ logger = logging.getLogger(__name__)
 
 # The config written next to an adapter describes the model to rebuild for inference, not this training process:
 # the cache is on (upstream sets use_cache=True before its final save) and the base is loaded unquantized unless
-# the loader is asked to quantize (a QLoRA adapter applies to the base model's weights).
+# the loader is asked to quantize (a QLoRA adapter applies to the base model's weights; docs/upstream_differences.md #26).
 _CONFIG_FIELDS_DROPPED = ("quantization_config",)
 
 
@@ -80,7 +82,7 @@ def save_lora_outputs(model: nn.Module, output_dir: str, lora_bias: str, is_main
     """Write the adapter, `non_lora_trainables.bin` and `config.json` of a PEFT model into `output_dir`."""
     named = list(model.named_parameters())
     adapter_state = get_peft_state_maybe_zero_3(named, lora_bias)
-    non_lora_state = get_peft_state_non_lora_maybe_zero_3(named)
+    non_lora_state = {**get_peft_state_non_lora_maybe_zero_3(named), **added_rows_state(model)}
     refuse_nonfinite({**adapter_state, **non_lora_state}, output_dir)
     if not is_main_process:
         return
@@ -103,7 +105,7 @@ def save_projector_outputs(
     model: nn.Module, output_dir: str, keys_to_match: Sequence[str], is_main_process: bool
 ) -> None:
     """Write `mm_projector.bin` (every tensor whose name contains one of `keys_to_match`) and `config.json`."""
-    state = get_mm_adapter_state_maybe_zero_3(model.named_parameters(), keys_to_match)
+    state = {**get_mm_adapter_state_maybe_zero_3(model.named_parameters(), keys_to_match), **added_rows_state(model)}
     refuse_nonfinite(state, output_dir)
     if not is_main_process:
         return
@@ -163,7 +165,10 @@ def _load_tensors(path: str) -> dict[str, torch.Tensor]:
 
 
 def _load_into(model: nn.Module, state: dict[str, torch.Tensor], path: str) -> None:
-    """Copy `state` into the parameters of the same names; every key must name one of the model's tensors."""
+    """Copy `state` into the parameters of the same names (and the added tokens' rows into theirs); every key must
+    name one of the model's tensors."""
+    state, added_rows = split_added_rows(state)
+    restore_added_rows(model, added_rows, path)
     result = model.load_state_dict(state, strict=False)
     if result.unexpected_keys:
         raise ValueError(

@@ -13,7 +13,9 @@ import random
 from collections.abc import Sequence
 from typing import Optional
 
+import tokenizers
 import transformers
+from packaging import version
 
 from llava.conversation import get_conv_template, template_name
 from llava.data.dataset import (
@@ -79,12 +81,28 @@ __all__ = [
     "preprocess_multimodal",
     "preprocess_plain",
     "preprocess_v1",
+    "rank0_print",
     "safe_save_model_for_hf_trainer",
     "smart_tokenizer_and_embedding_resize",
     "train",
 ]
 
 logger = logging.getLogger(__name__)
+
+# Upstream's flag for its tokenizer arithmetic (tokenizers >= 0.14 changed the legacy Llama offsets); the masking
+# here labels by character offsets instead and reads nothing from it.
+IS_TOKENIZER_GREATER_THAN_0_14 = version.parse(tokenizers.__version__) >= version.parse("0.14")
+
+# Upstream's module global: the process's local rank once `run()` has read the training arguments (None before).
+# Nothing here reads it; ask `llava.distributed.state` for the process's rank.
+local_rank: Optional[int] = None
+
+
+def rank0_print(*args) -> None:
+    """Print on the main process, also in a single process (upstream's printed nothing until `train()` had set
+    `local_rank`, so a fork's calls before training, or in its own scripts, were silent)."""
+    if is_main_process():
+        print(*args)
 
 
 def train(attn_implementation: Optional[str] = None, argv: Optional[Sequence[str]] = None) -> LLaVATrainer:
@@ -103,7 +121,9 @@ def run(
     attn_implementation: Optional[str] = None,
 ) -> LLaVATrainer:
     """The training job itself, as a function of the three parsed argument dataclasses."""
+    global local_rank
     training_args.setup_distributed()
+    local_rank = training_args.local_rank
     _configure_logging()
     # Before the model and LoRA exist, so that the same seed gives the same run (docs/upstream_differences.md #8).
     _seed(training_args)
@@ -117,12 +137,7 @@ def run(
     template = setup_template(model_args, tokenizer, model)
     dataset_kwargs = {"conv": template, "records": records, "checked": True}
     if model_args.vision_tower is not None:
-        vision = setup_vision_modules(model, tokenizer, model_args, data_args, training_args)
-        dataset_kwargs.update(
-            image_processor=vision.image_processor,
-            mm_use_im_start_end=model_args.mm_use_im_start_end,
-            image_grid_pinpoints=vision.image_grid_pinpoints,
-        )
+        dataset_kwargs["vision"] = setup_vision_modules(model, tokenizer, model_args, data_args, training_args)
     if training_args.bits in (4, 8):
         cast_kbit_modules(model, training_args)
     align_trainable_dtypes(model, training_args)
