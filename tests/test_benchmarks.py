@@ -22,6 +22,8 @@ EXPECTED = (
     "ZeRO-3 gather,",
     "ZeRO-3 gather + write",
     "peak memory",
+    "loss: peak memory of a LoRA step, chunked vs unchunked",
+    "loss: LoRA step time, chunked vs unchunked",
     "GPU",
     "eval answers/s, batch 8 vs 1",
     "startup: read + pre-check + dataset",
@@ -43,7 +45,8 @@ def test_every_benchmark_runs_at_tiny_size():
     report = json.loads(result.stdout)
     assert report["size"] == "tiny" and "cores" in report["machine"]
     assert set(report["seconds"]) == {
-        "data", "image", "splice", "step", "packing", "zero3_save", "memory", "gpu", "eval", "startup", "export",
+        "data", "image", "splice", "step", "packing", "zero3_save", "memory", "loss", "gpu", "eval", "startup",
+        "export",
     }  # fmt: skip
     names = [row["name"] for row in report["rows"]]
     for prefix in EXPECTED:

@@ -17,10 +17,12 @@ from typing import Any
 import torch
 import torch.nn as nn
 from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM, LlamaModel
+from transformers.modeling_outputs import CausalLMOutputWithPast
 from transformers.models.llama.modeling_llama import LlamaPreTrainedModel
 
 from ..files import CONFIG_FILE
 from ..llava_arch import LlavaMetaForCausalLM, LlavaMetaModel, is_packed_batch
+from ..loss import LossImplementation, causal_lm_loss
 
 
 class LlavaConfig(LlamaConfig):
@@ -87,6 +89,9 @@ class LlavaLlamaModel(LlavaMetaModel, LlamaModel):
 class LlavaLlamaForCausalLM(LlamaForCausalLM, LlavaMetaForCausalLM):
     config_class = LlavaConfig
     config: LlavaConfig
+    # How a forward without logits (see `skip_logits`) computes the loss: llava.model.loss; the trainer sets "liger"
+    # for --use_liger_kernel where Liger runs.
+    loss_implementation: LossImplementation = "chunked"
 
     def __init__(self, config):
         # Skip LlamaForCausalLM.__init__, which would build a plain LlamaModel first.
@@ -110,9 +115,15 @@ class LlavaLlamaForCausalLM(LlamaForCausalLM, LlavaMetaForCausalLM):
         use_cache: bool | None = None,
         images: torch.FloatTensor | list | None = None,
         image_sizes: list | None = None,
+        skip_logits: bool | None = None,
         **kwargs,
     ):
-        """Llama's forward with ``images`` (and ``image_sizes`` for anyres) spliced in at ``IMAGE_TOKEN_INDEX``."""
+        """Llama's forward with ``images`` (and ``image_sizes`` for anyres) spliced in at ``IMAGE_TOKEN_INDEX``.
+
+        ``skip_logits`` (Liger's and transformers' name; default: in training, when there are labels): return the
+        loss alone, computed from the last hidden state without the full logits (llava.model.loss); ``logits`` is
+        then None. Evaluation and inference get the logits as ever.
+        """
         if cache is None and "past_key_values" in kwargs:  # upstream's name for the cache
             cache = kwargs.pop("past_key_values")
         if is_packed_batch(position_ids, attention_mask):
@@ -124,6 +135,39 @@ class LlavaLlamaForCausalLM(LlamaForCausalLM, LlavaMetaForCausalLM):
                     input_ids, position_ids, attention_mask, cache, labels, images, image_sizes
                 )
             )
+        if skip_logits is None:
+            skip_logits = self.training and labels is not None
+        if skip_logits:
+            if labels is None and "shift_labels" not in kwargs:
+                raise ValueError("skip_logits=True returns only the loss, which needs labels")
+            outputs = self.model(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                position_ids=position_ids,
+                cache=cache,
+                inputs_embeds=inputs_embeds,
+                use_cache=use_cache,
+                **kwargs,
+            )
+            loss = causal_lm_loss(
+                outputs.last_hidden_state,
+                self.lm_head,
+                labels,
+                self.loss_implementation,
+                num_items_in_batch=kwargs.get("num_items_in_batch"),
+                shift_labels=kwargs.get("shift_labels"),
+            )
+            if loss is not None:
+                return CausalLMOutputWithPast(
+                    loss=loss, cache=outputs.cache, hidden_states=outputs.hidden_states, attentions=outputs.attentions
+                )
+            # A head the chunked loss cannot take (see causal_lm_loss): score the hidden states already computed.
+            logits = self.lm_head(outputs.last_hidden_state)
+            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
+            return CausalLMOutputWithPast(
+                loss=loss, logits=logits, cache=outputs.cache, hidden_states=outputs.hidden_states,
+                attentions=outputs.attentions,
+            )  # fmt: skip
         return super().forward(
             input_ids=input_ids,
             attention_mask=attention_mask,
