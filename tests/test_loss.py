@@ -10,7 +10,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from transformers.loss.loss_utils import ForCausalLMLoss
 
 from llava.constants import IGNORE_INDEX
-from llava.model.loss import chunked_cross_entropy
+from llava.model.loss import chunked_cross_entropy, liger_available
 
 RELATIVE = 1e-6
 VOCAB, HIDDEN = 500, 24
@@ -175,3 +175,19 @@ def test_evaluation_keeps_its_logits(lora_model, batches):
         loss_only = lora_model(**batches["padded"], skip_logits=True)  # transformers' loss-only evaluation
     assert output.logits is not None and loss_only.logits is None
     assert abs(output.loss.item() - loss_only.loss.item()) <= RELATIVE * output.loss.item()
+
+
+@pytest.mark.skipif(not liger_available(), reason="Liger's kernels need a CUDA GPU and the liger-kernel package")
+def test_liger_is_applied_to_our_model_and_gives_the_same_loss(tiny):
+    """--use_liger_kernel on a GPU: Liger's kernels patch our LLaVA model (transformers alone would skip its model
+    type) and its fused linear cross-entropy gives the chunked loss."""
+    from llava.model import LlavaLlamaForCausalLM
+    from llava.train.liger import use_liger_kernels
+
+    model = LlavaLlamaForCausalLM.from_pretrained(tiny.llava, dtype=torch.float32).cuda().train()
+    ids = torch.randint(3, 1000, (2, 64), device="cuda")
+    chunked = model(input_ids=ids, labels=ids).loss
+    use_liger_kernels(model)
+    assert model.loss_implementation == "liger"
+    liger = model(input_ids=ids, labels=ids).loss
+    assert abs(liger.item() - chunked.item()) <= 1e-4 * chunked.item()
