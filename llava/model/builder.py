@@ -189,7 +189,7 @@ def load_pretrained_model(
             patch_token=getattr(model.config, "mm_use_im_patch_token", True),
             start_end=getattr(model.config, "mm_use_im_start_end", False),
         )
-        image_processor = _load_vision_tower(model, device, dtype)
+        image_processor = _load_vision_tower(model, dtype, device)
     model.eval()
     context_len = getattr(model.config, "max_sequence_length", DEFAULT_CONTEXT_LEN)
     return tokenizer, model, image_processor, context_len
@@ -212,6 +212,10 @@ def _load_lora_run(run_dir: Path, model_base: Path, options: dict[str, Any]) -> 
     non_lora_state = _normalise_non_lora_keys(load_state_file(non_lora_file)) if non_lora_file.is_file() else {}
 
     model, missing = _load_base(model_base, config, base_config, options)
+    if vision_tower_trained(config):
+        # The run's tower weights (--unfreeze_mm_vision_tower) or tower LoRA (--lora_vision_tower) go into the
+        # tower, which must hold its own weights first.
+        _load_vision_tower(model, options["dtype"])
     _apply_state(model, non_lora_state, non_lora_file, model_base)
     still_missing = sorted(set(missing) - set(non_lora_state))
     if still_missing:
@@ -400,12 +404,19 @@ def _refuse_nonfinite(model: torch.nn.Module, model_path: Path, model_base: Path
         )
 
 
-def _load_vision_tower(model: torch.nn.Module, device: str, dtype: torch.dtype) -> Any:
-    """Load the tower named by ``mm_vision_tower`` (never quantised) onto ``device``; return its image processor."""
+def vision_tower_trained(config: Any) -> bool:
+    """Whether a run trained its vision tower: fully (LLaVA-NeXT's ``unfreeze_mm_vision_tower``; its weights are in
+    the run's files) or with LoRA (``lora_vision_tower``; in the adapter)."""
+    return bool(getattr(config, "unfreeze_mm_vision_tower", False) or getattr(config, "lora_vision_tower", False))
+
+
+def _load_vision_tower(model: torch.nn.Module, dtype: torch.dtype, device: str | None = None) -> Any:
+    """Load the tower named by ``mm_vision_tower`` (never quantised), onto ``device`` when given; return its image
+    processor. A tower whose weights came with the checkpoint (``unfreeze_mm_vision_tower``) keeps them."""
     vision_tower = model.get_vision_tower()
     if not vision_tower.is_loaded:
         vision_tower.load_model()
-    vision_tower.to(device=device, dtype=dtype)
+    vision_tower.to(dtype=dtype, **({} if device is None else {"device": device}))
     return vision_tower.image_processor
 
 

@@ -30,7 +30,11 @@ class CLIPVisionTower(nn.Module):
         self._model_dir = None
         self.select_layer = args.mm_vision_select_layer
         self.select_feature = getattr(args, "mm_vision_select_feature", "patch")
-        if not delay_load or getattr(args, "unfreeze_mm_vision_tower", False):
+        if getattr(args, "unfreeze_mm_vision_tower", False) and torch.empty(0).device.type == "meta":
+            # Inside a model's from_pretrained (LLaVA-NeXT's marker of a checkpoint that holds the tower's weights):
+            # the tower's structure, which the checkpoint's weights then fill.
+            self._build_empty()
+        elif not delay_load or getattr(args, "unfreeze_mm_vision_tower", False):
             self.load_model()
         else:
             self.cfg_only = CLIPVisionConfig.from_pretrained(self.model_dir)
@@ -59,6 +63,12 @@ class CLIPVisionTower(nn.Module):
         self.vision_tower.requires_grad_(False)
         self.is_loaded = True
 
+    def _build_empty(self) -> None:
+        self.image_processor = CLIPImageProcessorPil.from_pretrained(self.model_dir)
+        self.vision_tower = CLIPVisionModel._from_config(CLIPVisionConfig.from_pretrained(self.model_dir))
+        self.vision_tower.requires_grad_(False)
+        self.is_loaded = True
+
     def feature_select(self, image_forward_outs) -> torch.Tensor:
         features = image_forward_outs.hidden_states[self.select_layer]
         if self.select_feature == "patch":
@@ -67,11 +77,17 @@ class CLIPVisionTower(nn.Module):
             return features
         raise ValueError(f"Unexpected select feature: {self.select_feature!r} (use 'patch' or 'cls_patch')")
 
-    @torch.no_grad()
     def forward(self, images):
-        if isinstance(images, list):
-            return [self._features(image.unsqueeze(0)) for image in images]
-        return self._features(images)
+        # Frozen (as upstream) the tower keeps no graph; trained (--unfreeze_mm_vision_tower, --lora_vision_tower)
+        # it does.
+        with torch.set_grad_enabled(torch.is_grad_enabled() and self.trains):
+            if isinstance(images, list):
+                return [self._features(image.unsqueeze(0)) for image in images]
+            return self._features(images)
+
+    @property
+    def trains(self) -> bool:
+        return self.is_loaded and any(param.requires_grad for param in self.vision_tower.parameters())
 
     def _features(self, images: torch.Tensor) -> torch.Tensor:
         outputs = self.vision_tower(images.to(device=self.device, dtype=self.dtype), output_hidden_states=True)
