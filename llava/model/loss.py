@@ -147,7 +147,9 @@ def causal_lm_loss(
     has to be computed from the logits after all: an ``lm_head`` with a bias, or one that trains while ZeRO-3
     partitions it (its gradient must reach DeepSpeed through the module's own backward).
 
-    A frozen ``lm_head`` partitioned by ZeRO-3 is gathered for the call (every rank runs the forward together).
+    A frozen ``lm_head`` partitioned by ZeRO-3 is whole here: inside the DeepSpeed engine's forward, ZeRO-3 gathers a
+    parameter read outside its module (and registers it as the running module's); elsewhere it is gathered for the
+    call (every rank runs the forward together).
     """
     weight = lm_head.weight
     if lm_head.bias is not None or (weight.requires_grad and hasattr(weight, "ds_id")):
@@ -155,8 +157,10 @@ def causal_lm_loss(
     gathered = nullcontext()
     if hasattr(weight, "ds_id"):
         import deepspeed
+        from deepspeed.runtime.zero.partition_parameters import ZeroParamStatus
 
-        gathered = deepspeed.zero.GatheredParameters([weight], modifier_rank=None)
+        if weight.ds_status == ZeroParamStatus.NOT_AVAILABLE:
+            gathered = deepspeed.zero.GatheredParameters([weight], modifier_rank=None)
     with gathered:
         if implementation == "liger":
             return _liger_cross_entropy(hidden_states, weight, labels, num_items_in_batch, shift_labels)
