@@ -66,6 +66,8 @@ PEFT_PREFIX = "base_model."
 # Upstream's non_lora_trainables written from a model wrapped twice carry `model.model.` after `base_model.`.
 DOUBLE_MODEL_PREFIX = "model.model."
 MODEL_PREFIX = "model."
+# Every module of the vision tower (PEFT fullmatches a string against each module's name).
+VISION_TOWER_PATTERN = r".*vision_tower.*"
 # PEFT (>= 0.7) moves a wrapped layer's own weights under `.base_layer.`; the merged model has no such level.
 PEFT_BASE_LAYER = ".base_layer."
 
@@ -223,7 +225,10 @@ def _load_lora_run(run_dir: Path, model_base: Path, options: dict[str, Any]) -> 
     if run_config_file is not None and _is_llava_config(config.to_dict()) and not non_lora_state:
         logger.info("%s has no %s: the projector comes from %s", run_dir, NON_LORA_TRAINABLES_FILE, model_base)
 
-    model = _merge_adapter(model, run_dir)
+    # A fully trained tower is loaded now, and its linears share leaf names with the language model's (q_proj, ...):
+    # an adapter that did not train the tower must not be put on them.
+    tower_untouched = vision_tower_trained(config) and not getattr(config, "lora_vision_tower", False)
+    model = _merge_adapter(model, run_dir, exclude=VISION_TOWER_PATTERN if tower_untouched else None)
     tokenizer = _load_tokenizer(run_dir if _has_tokenizer(run_dir) else model_base)
     return _Loaded(tokenizer, model)
 
@@ -362,9 +367,10 @@ def _apply_state(model: torch.nn.Module, state: dict[str, torch.Tensor], source:
     model.load_state_dict(state, strict=False)
 
 
-def _merge_adapter(model: torch.nn.Module, run_dir: Path) -> torch.nn.Module:
-    """Load the LoRA adapter over ``model``, check every tensor arrived, and merge it into the weights."""
-    from peft import PeftModel, get_peft_model_state_dict
+def _merge_adapter(model: torch.nn.Module, run_dir: Path, exclude: str | None = None) -> torch.nn.Module:
+    """Load the LoRA adapter over ``model`` (never on modules matching ``exclude``), check every tensor arrived, and
+    merge it into the weights."""
+    from peft import PeftConfig, PeftModel, get_peft_model_state_dict
 
     weight_file = next((run_dir / name for name in ADAPTER_WEIGHT_FILES if (run_dir / name).is_file()), None)
     if weight_file is None:
@@ -376,7 +382,10 @@ def _merge_adapter(model: torch.nn.Module, run_dir: Path) -> torch.nn.Module:
     # (docs/upstream_differences.md #9), and gives the reference to check what PEFT loaded against.
     expected = load_state_file(weight_file)
     try:
-        peft_model = PeftModel.from_pretrained(model, run_dir)
+        adapter_config = PeftConfig.from_pretrained(run_dir)
+        if exclude is not None and not getattr(adapter_config, "exclude_modules", None):
+            adapter_config.exclude_modules = exclude
+        peft_model = PeftModel.from_pretrained(model, run_dir, config=adapter_config)
     except RuntimeError as err:
         raise ValueError(f"the LoRA weights in {weight_file} do not fit the base model: {err}") from err
     loaded = get_peft_model_state_dict(peft_model)
