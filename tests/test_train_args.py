@@ -70,6 +70,7 @@ def test_valid_command_line_parses(base_argv):
         (["--init_lora_weights", "pissa", "--use_dora", "True"], "which DoRA's magnitudes cannot be"),
         (["--init_lora_weights", "pissa_niter_4", "--bits", "4"], "PiSSA decomposes full-precision weights"),
         (["--unfreeze_mm_vision_tower", "True", "--lora_vision_tower", "True"], "pass one."),
+        (["--use_dora", "True", "--bits", "8"], "DoRA over bitsandbytes' 8-bit weights fails at the second step"),
         (["--mm_vision_tower_lr", "2e-6"], "--mm_vision_tower_lr sets the learning rate of a trained vision tower"),
         (
             ["--lora_enable", "False", "--tune_mm_mlp_adapter", "True", "--unfreeze_mm_vision_tower", "True"],

@@ -551,6 +551,13 @@ def _check_lora_variants(model_args: ModelArguments, training_args: TrainingArgu
                 f"--init_lora_weights {init} with --bits {training_args.bits}: PiSSA decomposes full-precision "
                 "weights (peft refuses quantized ones); use --init_lora_weights olora, or drop --bits."
             )
+    if training_args.use_dora and training_args.bits == 8:
+        # Measured with peft 0.21 and bitsandbytes 0.50.2: the second step stops in bitsandbytes' int8 matmul
+        # ("'NoneType' object has no attribute 'unsqueeze'": DoRA's per-step dequantization clears its scale state).
+        problems.append(
+            "--use_dora with --bits 8: DoRA over bitsandbytes' 8-bit weights fails at the second step (peft 0.21, "
+            "bitsandbytes 0.50.2); use --bits 4 (QLoRA) or 16 with --use_dora."
+        )
     tower_flags = [
         flag
         for flag, given in (
