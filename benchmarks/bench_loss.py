@@ -135,9 +135,7 @@ def run(size: str) -> list:
 
 def _worker(mode: str, size: str, dtype_name: str) -> None:
     """One warm-up step, then the peak memory of the next: prints "<shared> <peak>" in bytes."""
-    import gc
-
-    from memory_worker import _malloc_trim, _reset_peak, _status_bytes
+    from memory_worker import _status_bytes, peak_since, start_peak
 
     dtype = getattr(torch, dtype_name)
     cuda = torch.cuda.is_available()
@@ -147,20 +145,9 @@ def _worker(mode: str, size: str, dtype_name: str) -> None:
         model, inputs = build(SHAPES[size], Path(tmp), device, dtype)
     step = stepper(model, inputs, mode, device, dtype)
     step()  # the optimizer's state exists from here on, as in every step of a run
-    gc.collect()
-    if cuda:
-        torch.cuda.reset_peak_memory_stats()
-    else:
-        _malloc_trim()
-        reset = _reset_peak()
+    reset = start_peak(cuda)
     step()
-    if cuda:
-        peak = torch.cuda.max_memory_allocated()
-    else:
-        import resource
-
-        peak = _status_bytes("VmHWM") if reset else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    print(shared, peak)
+    print(shared, peak_since(cuda, reset))
 
 
 if __name__ == "__main__":

@@ -46,7 +46,7 @@ logger = logging.getLogger(__name__)
 # Checkpoints are written under output_dir/.staging/ and renamed into place when complete (crash safety).
 STAGING_DIR = ".staging"
 
-PROJECTOR_KEY = "mm_projector"
+PROJECTOR_KEY = param_groups.PROJECTOR_KEY
 # What projector pretraining saves to mm_projector.bin. (Upstream adds the embeddings when --mm_use_im_start_end,
 # but it refuses to pretrain with that flag, so they never get there.)
 PROJECTOR_KEYS = (PROJECTOR_KEY, "vision_resampler")
