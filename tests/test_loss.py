@@ -118,7 +118,11 @@ def lora_model(tiny):
     model = LlavaLlamaForCausalLM.from_pretrained(tiny.llava, dtype=torch.float32)
     model.get_vision_tower().load_model()
     config = LoraConfig(
-        r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"], lora_dropout=0.0, init_lora_weights=False
+        r=4,
+        lora_alpha=8,
+        target_modules=r"model\.layers\.\d+\.(self_attn\.(q_proj|v_proj)|mlp\.down_proj)",
+        lora_dropout=0.0,
+        init_lora_weights=False,
     )  # B random too: every LoRA weight gets a gradient
     return get_peft_model(model, config)
 
