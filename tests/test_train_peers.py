@@ -40,7 +40,8 @@ from train_helpers import (
 from llava.model.builder import load_pretrained_model
 from llava.train.train import train
 
-pytestmark = pytest.mark.slow
+# dist: the merge runs as scripts/merge_lora_weights.py in subprocesses (and it keeps `make test-fast` lean).
+pytestmark = [pytest.mark.slow, pytest.mark.dist]
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TOWER_LR = 1e-4
 RUNS = {
