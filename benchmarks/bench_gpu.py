@@ -10,6 +10,9 @@ MFU counts useful work only (real tokens, not padding): 6 N FLOPs per token for 
 12 * layers * hidden * len^2 per sample (QK^T and AV, forward + recompute + backward), and the tower's forward, 2 N_tower
 per patch. Sized to finish in under 4 minutes on one H100/H200 (--quick: 8 of the 32 layers).
 
+The padded batch is also stepped with transformers' unchunked loss (`skip_logits=False`: the full logits, their fp32
+copy and gradient), against training's chunked one (`llava.model.loss`): step time and peak memory.
+
 `run(size, dry_run=True)` runs the same code on CPU at tiny shapes (the test suite does), so that the first GPU run
 does not crash.
 """
@@ -127,10 +130,10 @@ def run(size: str, dry_run: bool = False) -> list[Row]:
         inputs = {key: value for key, value in batch.items() if key != PACKING_STATS_KEY}
         return {key: value.to(device) if isinstance(value, torch.Tensor) else value for key, value in inputs.items()}
 
-    def step(inputs: dict) -> None:
+    def step(inputs: dict, skip_logits=None) -> None:
         optimizer.zero_grad(set_to_none=True)
         with torch.autocast(device_type=device, dtype=dtype, enabled=not dry_run):
-            loss = model(**{**inputs, "images": inputs["images"].to(dtype)}).loss
+            loss = model(**{**inputs, "images": inputs["images"].to(dtype)}, skip_logits=skip_logits).loss
         loss.backward()
         optimizer.step()
 
@@ -139,16 +142,18 @@ def run(size: str, dry_run: bool = False) -> list[Row]:
             torch.cuda.synchronize()
 
     results = {}
-    for name, collator in (("padded", padded), ("packed", packed)):
+    # skip_logits None: training's chunked loss (llava.model.loss); False: transformers' full logits, as before it.
+    layouts = (("padded", padded, None), ("packed", packed, None), ("padded, unchunked loss", padded, False))
+    for name, collator, skip_logits in layouts:
         inputs = to_device(collator(samples))
         if not dry_run:
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats()
-        step(inputs)  # warm-up
+        step(inputs, skip_logits)  # warm-up
         synchronize()
         start = time.perf_counter()
         for _ in range(s["steps"]):
-            step(inputs)
+            step(inputs, skip_logits)
         synchronize()
         seconds = (time.perf_counter() - start) / s["steps"]
         peak = torch.cuda.max_memory_allocated() / 2**30 if not dry_run else 0.0
@@ -171,4 +176,13 @@ def run(size: str, dry_run: bool = False) -> list[Row]:
             Row(f"{label}, {name}: MFU vs bf16 peak ({peak_name})", useful / seconds / 1e12, peak_flops / 1e12,
                 "TFLOP/s", "", note=f"{tokens / seconds:.0f} tokens/s, peak memory {peak:.1f} GiB")
         )  # fmt: skip
+    (chunked_s, chunked_peak, _), (unchunked_s, unchunked_peak, _) = (
+        results["padded"],
+        results["padded, unchunked loss"],
+    )
+    rows.append(Row(f"{label}, padded: loss step time, chunked vs unchunked", chunked_s * 1e3, unchunked_s * 1e3, "ms",
+                    "<= 1.05x"))  # fmt: skip
+    if not dry_run:
+        rows.append(Row(f"{label}, padded: loss peak memory, chunked vs unchunked", chunked_peak, unchunked_peak,
+                        "GiB", "", note="whole step: weights, activations, optimizer"))  # fmt: skip
     return rows

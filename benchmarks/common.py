@@ -77,6 +77,27 @@ def paired_seconds(first: Callable[[], object], second: Callable[[], object], re
     return min(times[0]), min(times[1])
 
 
+def paired_cpu_seconds(
+    first: Callable[[], object], second: Callable[[], object], repeat: int = 3
+) -> tuple[float, float]:
+    """Like `paired_seconds`, in CPU seconds on one thread: on this shared 2-core machine wall time swung 2x between
+    identical steps, while CPU time counts the work each does (`bench_packing` measures the same way)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        first(), second()  # warm-up
+        best = [float("inf"), float("inf")]
+        for _ in range(repeat):
+            for index, fn in enumerate((first, second)):
+                gc.collect()
+                start = time.process_time()
+                fn()
+                best[index] = min(best[index], time.process_time() - start)
+    finally:
+        torch.set_num_threads(threads)
+    return best[0], best[1]
+
+
 NATIVE_BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
 """CPU flags (/proc/cpuinfo) of bf16 arithmetic in hardware; without them torch emulates bf16 in software."""
 

@@ -53,22 +53,32 @@ def main() -> None:
     model.train()
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     ids = torch.randint(3, model.config.vocab_size, (1, seq_len), device=device)
-    gc.collect()
-    if cuda:
-        torch.cuda.reset_peak_memory_stats()
-    else:
-        _malloc_trim()
-        reset = _reset_peak()
+    reset = start_peak(cuda)
     loaded = torch.cuda.memory_allocated() if cuda else _status_bytes("VmRSS")
     with torch.autocast(device, dtype=torch.bfloat16, enabled=bf16):
         loss = model(input_ids=ids, labels=ids).loss
     loss.backward()
     optimizer.step()
-    if cuda:
-        peak = torch.cuda.max_memory_allocated()
-    else:
-        peak = _status_bytes("VmHWM") if reset else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak = peak_since(cuda, reset)
     print(shared, loaded, peak)
+
+
+def start_peak(cuda: bool) -> bool:
+    """Start measuring a peak from here (freed memory handed back first); False when the CPU counter could not be
+    reset (then `peak_since` falls back to the process's lifetime peak)."""
+    gc.collect()
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+        return True
+    _malloc_trim()
+    return _reset_peak()
+
+
+def peak_since(cuda: bool, reset: bool) -> int:
+    """Bytes at the peak since `start_peak`: live tensors on a GPU, the resident set size on CPU."""
+    if cuda:
+        return torch.cuda.max_memory_allocated()
+    return _status_bytes("VmHWM") if reset else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def _own_memory(model) -> None:

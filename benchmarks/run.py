@@ -3,7 +3,7 @@
 python benchmarks/run.py --quick          # CPU-sized, under 10 minutes on 2 cores
 python benchmarks/run.py --quick --json   # the same rows as JSON
 python benchmarks/run.py --tiny           # seconds; what the smoke test runs
-python benchmarks/run.py --only splice    # one benchmark (data, image, splice, step, packing, zero3_save, memory, gpu, eval, startup, export)
+python benchmarks/run.py --only splice    # one benchmark (data, image, splice, step, packing, zero3_save, memory, loss, gpu, eval, startup, export)
 python benchmarks/run.py --gpu            # on a GPU: the 7B-shaped LLaVA LoRA step alone, 32 layers (< 4 minutes)
 """
 
@@ -26,6 +26,7 @@ import bench_eval  # noqa: E402
 import bench_export  # noqa: E402
 import bench_gpu  # noqa: E402
 import bench_image  # noqa: E402
+import bench_loss  # noqa: E402
 import bench_memory  # noqa: E402
 import bench_packing  # noqa: E402
 import bench_splice  # noqa: E402
@@ -42,6 +43,7 @@ BENCHMARKS = {
     "packing": lambda size, tiny: bench_packing.run(size),
     "zero3_save": lambda size, tiny: bench_zero3_save.run(size),
     "memory": lambda size, tiny: bench_memory.run(size),
+    "loss": lambda size, tiny: bench_loss.run(size),
     "gpu": lambda size, tiny: bench_gpu.run(size),
     "eval": lambda size, tiny: bench_eval.run(size, tiny),
     "startup": lambda size, tiny: bench_startup.run(size, tiny),

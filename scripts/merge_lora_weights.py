@@ -6,7 +6,9 @@
 The run may be the training ``output_dir`` or any ``checkpoint-N/`` in it. The merge is computed in float32 and the
 result saved in ``--dtype`` (float16 by default, as upstream, which always saves float16). The vision tower is not
 copied: like upstream's LLaVA-1.5 checkpoints, the saved config names it in ``mm_vision_tower``
-(docs/upstream_differences.md #27).
+(docs/upstream_differences.md #27). A run that trained its tower (``--unfreeze_mm_vision_tower``, or
+``--lora_vision_tower``, merged in here) keeps it in the saved weights, and the config says so as LLaVA-NeXT does
+(``unfreeze_mm_vision_tower``), so that loaders build the tower from them.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import torch
 
 from llava.mm_utils import get_model_name_from_path
 from llava.model import compat
-from llava.model.builder import load_pretrained_model
+from llava.model.builder import load_pretrained_model, vision_tower_trained
 from llava.model.state_files import nonfinite_tensors
 
 logger = logging.getLogger("merge_lora_weights")
@@ -36,7 +38,11 @@ def merge_lora(args: argparse.Namespace) -> Path:
     )
     model.to(DTYPES[args.dtype])
     model.config.dtype = DTYPES[args.dtype]
-    state_dict = _without_vision_tower(model)
+    if vision_tower_trained(model.config):
+        model.config.unfreeze_mm_vision_tower = True
+        state_dict = model.state_dict()
+    else:
+        state_dict = _without_vision_tower(model)
     overflowed = nonfinite_tensors(state_dict)  # the loader refused non-finite inputs: only the cast can cause them
     if overflowed:
         raise ValueError(

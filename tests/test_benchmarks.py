@@ -22,6 +22,8 @@ EXPECTED = (
     "ZeRO-3 gather,",
     "ZeRO-3 gather + write",
     "peak memory",
+    "loss: peak memory of a LoRA step, chunked vs unchunked",
+    "loss: LoRA step time, chunked vs unchunked",
     "GPU",
     "eval answers/s, batch 8 vs 1",
     "startup: read + pre-check + dataset",
@@ -43,7 +45,8 @@ def test_every_benchmark_runs_at_tiny_size():
     report = json.loads(result.stdout)
     assert report["size"] == "tiny" and "cores" in report["machine"]
     assert set(report["seconds"]) == {
-        "data", "image", "splice", "step", "packing", "zero3_save", "memory", "gpu", "eval", "startup", "export",
+        "data", "image", "splice", "step", "packing", "zero3_save", "memory", "loss", "gpu", "eval", "startup",
+        "export",
     }  # fmt: skip
     names = [row["name"] for row in report["rows"]]
     for prefix in EXPECTED:
@@ -74,9 +77,10 @@ def test_gpu_benchmark_dry_run_on_cpu():
     import bench_gpu
 
     rows = bench_gpu.run("tiny", dry_run=True)
-    assert len(rows) == 3 and all(row.measured > 0 and row.baseline > 0 for row in rows)
+    assert len(rows) == 4 and all(row.measured > 0 and row.baseline > 0 for row in rows)
     assert rows[0].name.endswith("non-padding tokens/s, packed vs padded")
     assert "padded: MFU vs bf16 peak" in rows[1].name and "packed: MFU vs bf16 peak" in rows[2].name
+    assert rows[3].name.endswith("padded: loss step time, chunked vs unchunked")  # (peak memory: on a GPU only)
     packed, padded = (tuple(map(int, shape)) for shape in re.findall(r"\((\d+), (\d+)\)", rows[0].note))
     assert padded[0] == 4 and packed[0] < 4  # 4 samples: 4 padded rows, fewer packed ones
 

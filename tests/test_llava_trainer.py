@@ -193,3 +193,38 @@ def test_optimizer_leaves_out_empty_groups(llama_with_mm_modules, tmp_path):
     trainer = _trainer(model, tmp_path, learning_rate=1e-3, mm_projector_lr=5e-4, weight_decay=0.0)
     groups = _groups_by_names(model, trainer.create_optimizer())
     assert [(lr, len(names)) for names, lr, _ in groups] == [(5e-4, 2), (5e-4, 2)]
+
+
+def test_optimizer_groups_of_loraplus_projector_and_vision_tower(llama_with_mm_modules, tmp_path):
+    """LoRA+ (as peft's create_loraplus_optimizer): B matrices and DoRA magnitudes at ratio x lr; the projector and
+    the trained tower at their own rates (--mm_projector_lr, --mm_vision_tower_lr); each split by weight decay."""
+    from llava.train.lora import add_lora
+
+    flags = SimpleNamespace(lora_r=4, lora_alpha=8, lora_dropout=0.0, lora_bias="none", bits=16, bf16=False,
+                            use_dora=True)  # fmt: skip
+    model = add_lora(llama_with_mm_modules, flags)
+    inner = model.get_base_model().model
+    inner.mm_projector.requires_grad_(True)
+    inner.vision_tower.requires_grad_(True)  # --unfreeze_mm_vision_tower
+    trainer = _trainer(model, tmp_path, learning_rate=1e-4, mm_projector_lr=2e-5, mm_vision_tower_lr=2e-6,
+                       loraplus_lr_ratio=16, weight_decay=0.1)  # fmt: skip
+    groups = _groups_by_names(model, trainer.create_optimizer())
+    assert [(lr, wd) for _, lr, wd in groups] == [
+        (1e-4, 0.1), (1.6e-3, 0.1), (2e-5, 0.1), (2e-5, 0.0), (2e-6, 0.1), (2e-6, 0.0),
+    ]  # fmt: skip
+    lora_a, lora_b, proj_decay, proj_no_decay, tower_decay, tower_no_decay = (names for names, _, _ in groups)
+    assert len(lora_a) == 14 and all(".lora_A." in name for name in lora_a)
+    assert len(lora_b) == 28 and {name.split(".")[-3] for name in lora_b} == {"lora_B", "lora_magnitude_vector"}
+    assert proj_decay == [
+        "base_model.model.model.mm_projector.0.weight",
+        "base_model.model.model.mm_projector.2.weight",
+    ]
+    assert len(proj_no_decay) == 2
+    assert tower_decay == [
+        "base_model.model.model.vision_tower.fc1.weight",
+        "base_model.model.model.vision_tower.q_proj.weight",
+    ]
+    assert tower_no_decay == [
+        "base_model.model.model.vision_tower.fc1.bias",
+        "base_model.model.model.vision_tower.q_proj.bias",
+    ]

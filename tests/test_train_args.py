@@ -59,6 +59,23 @@ def test_valid_command_line_parses(base_argv):
             "leaves nothing to train",
         ),
         (["--tune_mm_mlp_adapter", "True"], "drop --lora_enable for projector pretraining"),
+        # The peers' flags (issue 20)
+        (["--init_lora_weights", "loftq"], "--init_lora_weights 'loftq' is not one of 'true', 'gaussian', 'pissa'"),
+        (["--loraplus_lr_ratio", "0"], "--loraplus_lr_ratio must be positive, got 0.0."),
+        (
+            ["--lora_enable", "False", "--use_dora", "True", "--use_rslora", "True"],
+            "--use_dora, --use_rslora configure LoRA adapters: add --lora_enable True or drop them.",
+        ),
+        (["--lora_enable", "False", "--loraplus_lr_ratio", "16"], "--loraplus_lr_ratio configure LoRA adapters"),
+        (["--init_lora_weights", "pissa", "--use_dora", "True"], "which DoRA's magnitudes cannot be"),
+        (["--init_lora_weights", "pissa_niter_4", "--bits", "4"], "PiSSA decomposes full-precision weights"),
+        (["--unfreeze_mm_vision_tower", "True", "--lora_vision_tower", "True"], "pass one."),
+        (["--use_dora", "True", "--bits", "8"], "DoRA over bitsandbytes' 8-bit weights fails at the second step"),
+        (["--mm_vision_tower_lr", "2e-6"], "--mm_vision_tower_lr sets the learning rate of a trained vision tower"),
+        (
+            ["--lora_enable", "False", "--tune_mm_mlp_adapter", "True", "--unfreeze_mm_vision_tower", "True"],
+            "--tune_mm_mlp_adapter trains the projector alone; drop --unfreeze_mm_vision_tower.",
+        ),
     ],
 )
 def test_each_problem_is_reported(base_argv, extra, expected):
@@ -74,6 +91,29 @@ def test_all_problems_are_reported_at_once(base_argv):
     message = str(caught.value)
     assert message.startswith("3 problem(s)")
     assert "--version 'nope'" in message and "--bits 5" in message and "--lora_bias 'x'" in message
+
+
+def test_the_peers_flags_are_off_by_default_and_parse(base_argv):
+    model_args, _, training_args = parse_args(base_argv)
+    assert (training_args.use_dora, training_args.use_rslora, training_args.init_lora_weights) == (False, False, "true")
+    assert (training_args.loraplus_lr_ratio, training_args.lora_vision_tower, training_args.mm_vision_tower_lr) == (
+        None, False, None,
+    )  # fmt: skip
+    assert model_args.unfreeze_mm_vision_tower is False and training_args.neftune_noise_alpha is None
+    flags = ["--use_dora", "True", "--use_rslora", "True", "--loraplus_lr_ratio", "16", "--init_lora_weights",
+             "gaussian", "--unfreeze_mm_vision_tower", "True", "--mm_vision_tower_lr", "2e-6"]  # fmt: skip
+    model_args, _, training_args = parse_args(base_argv + flags)
+    assert (training_args.use_dora, training_args.use_rslora, training_args.init_lora_weights) == (
+        True, True, "gaussian",
+    )  # fmt: skip
+    assert (training_args.loraplus_lr_ratio, training_args.mm_vision_tower_lr) == (16.0, 2e-6)
+    assert model_args.unfreeze_mm_vision_tower is True
+
+
+def test_liger_without_a_gpu_says_so_and_keeps_the_chunked_loss(base_argv):
+    with pytest.warns(UserWarning, match="no GPU found, so the loss is the chunked cross-entropy instead"):
+        _, _, training_args = parse_args(base_argv + ["--use_liger_kernel", "True"])
+    assert training_args.use_liger_kernel is False  # transformers must not try (and stop on the missing package)
 
 
 def test_unknown_version_lists_every_template(base_argv):

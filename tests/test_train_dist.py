@@ -322,3 +322,65 @@ def test_upstream_scripts_pretrain_then_finetune_lora(tiny, tmp_path):
     assert json.loads((lora_dir / "adapter_config.json").read_text())["r"] == 64  # upstream's default lora_r
     config = load_config(lora_dir)
     assert (config["mm_projector_type"], config["tokenizer_model_max_length"]) == ("linear", 2048)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The peers' flags (issue 20) under DeepSpeed: each run's files, its optimizer groups, and the saved tensors equal to
+# the trained (gathered) model; loading through load_pretrained_model
+
+
+def _loads_and_merges(output_dir: Path, base) -> None:
+    from llava.model.builder import load_pretrained_model
+
+    _, model, _, _ = load_pretrained_model(output_dir, base, None, device="cpu", dtype=torch.float32)
+    assert not any("lora_" in name for name, _ in model.named_parameters())
+
+
+def test_zero3_dora_tower_loraplus_neftune_packing(tiny, zero3_config, tmp_path):
+    output_dir, dump_dir = tmp_path / "out", tmp_path / "dump"
+    _run_zero3(
+        tiny, zero3_config, output_dir, dump_dir, use_dora=True, loraplus_lr_ratio=4, neftune_noise_alpha=5,
+        unfreeze_mm_vision_tower=True, mm_vision_tower_lr=1e-4, packing=True,
+    )  # fmt: skip
+    assert files_in(output_dir) == LORA_FILES | {"trainer_state.json"}
+    for checkpoint in checkpoints(output_dir):
+        assert files_in(output_dir / checkpoint) == LORA_FILES | DEEPSPEED_RESUME_FILES, checkpoint
+    record = json.loads((dump_dir / "record.json").read_text())
+    # lora_A (decay); B + magnitudes at 4 x lr (decay); projector (decay, no decay); tower (decay, no decay)
+    assert [group["initial_lr"] for group in record["param_groups"]] == pytest.approx(
+        [LEARNING_RATE, 4 * LEARNING_RATE, PROJECTOR_LR, PROJECTOR_LR, 1e-4, 1e-4]
+    )
+    gathered = torch.load(dump_dir / "gathered.pt", weights_only=True)
+    adapter = load_bin(output_dir / "adapter_model.bin")
+    non_lora = load_bin(output_dir / "non_lora_trainables.bin")
+    assert sum("lora_magnitude_vector" in key for key in adapter) == 14
+    tower = [key for key in non_lora if "vision_tower" in key]
+    assert tower and all(torch.equal(non_lora[key], gathered[key]) for key in tower)
+    for name, value in gathered.items():
+        if "lora_" in name:
+            saved = adapter[adapter_key(name).removesuffix(".weight") if "magnitude" in name else adapter_key(name)]
+            assert torch.equal(saved, value), name
+    _loads_and_merges(output_dir, tiny.llm)
+
+
+def test_zero2_pissa_with_tower_lora_and_rslora(tiny, tmp_path):
+    output_dir, dump_dir = tmp_path / "out", tmp_path / "dump"
+    argv = multimodal_flags(
+        tiny, output_dir, deepspeed=REPO_ROOT / "configs" / "zero2.json", init_lora_weights="pissa",
+        lora_vision_tower=True, use_rslora=True, max_steps=2, save_steps=2,
+    )  # fmt: skip
+    launch_deepspeed(
+        DIST_SCRIPTS / "train_and_dump.py", argv, num_procs=NUM_PROCESSES, env={DUMP_DIR_ENV: str(dump_dir)}
+    )
+    assert files_in(output_dir) == LORA_FILES | {"trainer_state.json"}
+    adapter_config = json.loads((output_dir / "adapter_config.json").read_text())
+    assert (adapter_config["r"], adapter_config["init_lora_weights"], adapter_config["use_rslora"]) == (8, True, True)
+    gathered = torch.load(dump_dir / "gathered.pt", weights_only=True)
+    adapter = load_bin(output_dir / "adapter_model.bin")
+    assert any("vision_tower" in key for key in adapter)
+    for name, value in gathered.items():  # the first r rows / columns of the rank-2r adapter are the trained A, B
+        if ".lora_A." in name:
+            assert torch.equal(adapter[adapter_key(name)][: value.shape[0]], value), name
+        elif ".lora_B." in name:
+            assert torch.equal(adapter[adapter_key(name)][:, : value.shape[1]], value), name
+    _loads_and_merges(output_dir, tiny.llm)

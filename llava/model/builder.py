@@ -70,6 +70,8 @@ PEFT_PREFIX = "base_model."
 # Upstream's non_lora_trainables written from a model wrapped twice carry `model.model.` after `base_model.`.
 DOUBLE_MODEL_PREFIX = "model.model."
 MODEL_PREFIX = "model."
+# Every module of the vision tower (PEFT fullmatches a string against each module's name).
+VISION_TOWER_PATTERN = r".*vision_tower.*"
 # PEFT (>= 0.7) moves a wrapped layer's own weights under `.base_layer.`; the merged model has no such level.
 PEFT_BASE_LAYER = ".base_layer."
 
@@ -193,7 +195,7 @@ def load_pretrained_model(
             patch_token=getattr(model.config, "mm_use_im_patch_token", True),
             start_end=getattr(model.config, "mm_use_im_start_end", False),
         )
-        image_processor = _load_vision_tower(model, device, dtype)
+        image_processor = _load_vision_tower(model, dtype, device)
     model.eval()
     context_len = getattr(model.config, "max_sequence_length", DEFAULT_CONTEXT_LEN)
     return tokenizer, model, image_processor, context_len
@@ -217,6 +219,10 @@ def _load_lora_run(run_dir: Path, model_base: Path, options: dict[str, Any]) -> 
     non_lora_state, added_rows = split_added_rows(non_lora_state)
 
     model, missing = _load_base(model_base, config, base_config, options)
+    if vision_tower_trained(config):
+        # The run's tower weights (--unfreeze_mm_vision_tower) or tower LoRA (--lora_vision_tower) go into the
+        # tower, which must hold its own weights first.
+        _load_vision_tower(model, options["dtype"])
     _apply_state(model, non_lora_state, non_lora_file, model_base)
     _restore_added_tokens(model, added_rows, base_config, non_lora_file)
     still_missing = sorted(set(missing) - set(non_lora_state))
@@ -225,7 +231,10 @@ def _load_lora_run(run_dir: Path, model_base: Path, options: dict[str, Any]) -> 
     if run_config_file is not None and _is_llava_config(config.to_dict()) and not non_lora_state:
         logger.info("%s has no %s: the projector comes from %s", run_dir, NON_LORA_TRAINABLES_FILE, model_base)
 
-    model = _merge_adapter(model, run_dir)
+    # A fully trained tower is loaded now, and its linears share leaf names with the language model's (q_proj, ...):
+    # an adapter that did not train the tower must not be put on them.
+    tower_untouched = vision_tower_trained(config) and not getattr(config, "lora_vision_tower", False)
+    model = _merge_adapter(model, run_dir, exclude=VISION_TOWER_PATTERN if tower_untouched else None)
     tokenizer = _load_tokenizer(run_dir if _has_tokenizer(run_dir) else model_base)
     return _Loaded(tokenizer, model)
 
@@ -386,9 +395,10 @@ def _apply_state(model: torch.nn.Module, state: dict[str, torch.Tensor], source:
     model.load_state_dict(state, strict=False)
 
 
-def _merge_adapter(model: torch.nn.Module, run_dir: Path) -> torch.nn.Module:
-    """Load the LoRA adapter over ``model``, check every tensor arrived, and merge it into the weights."""
-    from peft import PeftModel, get_peft_model_state_dict
+def _merge_adapter(model: torch.nn.Module, run_dir: Path, exclude: str | None = None) -> torch.nn.Module:
+    """Load the LoRA adapter over ``model`` (never on modules matching ``exclude``), check every tensor arrived, and
+    merge it into the weights."""
+    from peft import PeftConfig, PeftModel, get_peft_model_state_dict
 
     weight_file = next((run_dir / name for name in ADAPTER_WEIGHT_FILES if (run_dir / name).is_file()), None)
     if weight_file is None:
@@ -400,7 +410,10 @@ def _merge_adapter(model: torch.nn.Module, run_dir: Path) -> torch.nn.Module:
     # (docs/upstream_differences.md #9), and gives the reference to check what PEFT loaded against.
     expected = load_state_file(weight_file)
     try:
-        peft_model = PeftModel.from_pretrained(model, run_dir)
+        adapter_config = PeftConfig.from_pretrained(run_dir)
+        if exclude is not None and not getattr(adapter_config, "exclude_modules", None):
+            adapter_config.exclude_modules = exclude
+        peft_model = PeftModel.from_pretrained(model, run_dir, config=adapter_config)
     except RuntimeError as err:
         raise ValueError(f"the LoRA weights in {weight_file} do not fit the base model: {err}") from err
     # The embedding matrices are never part of the adapter (training saves without them; a grown vocabulary would
@@ -430,12 +443,19 @@ def _refuse_nonfinite(model: torch.nn.Module, model_path: Path, model_base: Path
         )
 
 
-def _load_vision_tower(model: torch.nn.Module, device: str, dtype: torch.dtype) -> Any:
-    """Load the tower named by ``mm_vision_tower`` (never quantised) onto ``device``; return its image processor."""
+def vision_tower_trained(config: Any) -> bool:
+    """Whether a run trained its vision tower: fully (LLaVA-NeXT's ``unfreeze_mm_vision_tower``; its weights are in
+    the run's files) or with LoRA (``lora_vision_tower``; in the adapter)."""
+    return bool(getattr(config, "unfreeze_mm_vision_tower", False) or getattr(config, "lora_vision_tower", False))
+
+
+def _load_vision_tower(model: torch.nn.Module, dtype: torch.dtype, device: str | None = None) -> Any:
+    """Load the tower named by ``mm_vision_tower`` (never quantised), onto ``device`` when given; return its image
+    processor. A tower whose weights came with the checkpoint (``unfreeze_mm_vision_tower``) keeps them."""
     vision_tower = model.get_vision_tower()
     if not vision_tower.is_loaded:
         vision_tower.load_model()
-    vision_tower.to(device=device, dtype=dtype)
+    vision_tower.to(dtype=dtype, **({} if device is None else {"device": device}))
     return vision_tower.image_processor
 
 

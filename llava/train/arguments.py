@@ -38,6 +38,8 @@ PatchMergeType = Literal["flat", "spatial", "spatial_unpad"]
 LITERAL_FIELDS = frozenset(
     {"image_aspect_ratio", "lora_bias", "bits", "quant_type", "mm_vision_select_feature", "mm_patch_merge_type"}
 )
+# peft's init_lora_weights values offered here (peft's names; 'true' is its default, True).
+INIT_LORA_WEIGHTS_PATTERN = re.compile(r"true|gaussian|pissa|pissa_niter_\d+|olora")
 # Projector names understood by llava.model.multimodal_projector.builder.build_vision_projector.
 PROJECTOR_TYPE_PATTERN = re.compile(r"linear|identity|mlp(\d+)x_gelu")
 
@@ -96,6 +98,14 @@ class ModelArguments:
     s2_scales: Optional[str] = field(
         default="336,672,1008",
         metadata={"help": "S2 image sizes, comma-separated; the smallest is the tower's input size."},
+    )
+    # LLaVA-NeXT's name and place for it (upstream keeps the tower frozen).
+    unfreeze_mm_vision_tower: bool = field(
+        default=False,
+        metadata={
+            "help": "Train the vision tower fully (at --mm_vision_tower_lr); its weights are saved with the non-LoRA "
+            "trainables (LoRA) or in the model (full fine-tune), and the loader puts them back."
+        },
     )
 
 
@@ -179,6 +189,40 @@ class TrainingArguments(transformers.TrainingArguments):
     mm_projector_lr: Optional[float] = field(
         default=None, metadata={"help": "Learning rate for the projector (default: --learning_rate)."}
     )
+    # Beyond upstream: the LoRA variants of PEFT (same names and meaning as peft.LoraConfig), LoRA+ and tower
+    # training (LLaVA-NeXT's --mm_vision_tower_lr). All off by default: upstream's LoRA.
+    use_dora: bool = field(
+        default=False,
+        metadata={"help": "DoRA (peft use_dora): LoRA on the direction of each weight plus a trained magnitude."},
+    )
+    use_rslora: bool = field(
+        default=False,
+        metadata={"help": "rsLoRA (peft use_rslora): scale the adapter by lora_alpha / sqrt(r) instead of / r."},
+    )
+    init_lora_weights: str = field(
+        default="true",
+        metadata={
+            "help": "peft's init_lora_weights: 'true' (B zero, A Kaiming), 'gaussian' (A normal with std 1/r), "
+            "'pissa' / 'pissa_niter_<N>' (the weight's principal singular directions) or 'olora' (QR). PiSSA and "
+            "OLoRA move a part of each base weight into the adapter; the saved adapter is converted back into an "
+            "ordinary LoRA over the original base (rank 2r)."
+        },
+    )
+    loraplus_lr_ratio: Optional[float] = field(
+        default=None,
+        metadata={
+            "help": "LoRA+: train the LoRA B matrices (and, as peft's create_loraplus_optimizer, the other 1-D "
+            "trainables of the language model) at this multiple of --learning_rate."
+        },
+    )
+    lora_vision_tower: bool = field(
+        default=False,
+        metadata={"help": "Put LoRA on the vision tower's linear layers too (saved in the adapter)."},
+    )
+    mm_vision_tower_lr: Optional[float] = field(
+        default=None,
+        metadata={"help": "Learning rate for the trained vision tower (default: --learning_rate)."},
+    )
     console_log_steps: int = field(
         default=0,
         metadata={
@@ -217,6 +261,7 @@ class TrainingArguments(transformers.TrainingArguments):
         self._map_warmup_ratio()
         if not torch.cuda.is_available():
             self._adapt_to_cpu()
+        self._check_liger()
         if self.deepspeed and not torch.cuda.is_available():
             # DeepSpeed on CPU runs on the accelerate state `setup_distributed` creates (docs/upstream_differences.md,
             # facts): transformers must reuse it instead of building a plain multi-CPU one.
@@ -270,6 +315,24 @@ class TrainingArguments(transformers.TrainingArguments):
         if self.bf16 or self.deepspeed:
             # transformers refuses bf16 on CPU unless told the run is meant for the CPU; DeepSpeed's CPU state too.
             self.use_cpu = True
+
+    def _check_liger(self) -> None:
+        """--use_liger_kernel (transformers' flag) runs Liger's Triton kernels on a GPU. Where they cannot run, say so
+        and train with the chunked loss (llava.model.loss), which needs no full logits either; transformers would
+        otherwise stop the run (package missing) or keep our model on its plain loss (model type unknown to Liger)."""
+        if not self.use_liger_kernel:
+            return
+        from llava.model.loss import liger_available
+
+        if liger_available():
+            return
+        missing = "no GPU found" if not torch.cuda.is_available() else "liger-kernel is not installed"
+        warnings.warn(
+            f"--use_liger_kernel: Liger's kernels need a CUDA GPU and the liger-kernel package; {missing}, so the "
+            "loss is the chunked cross-entropy instead (no full logits either; same loss).",
+            stacklevel=3,
+        )
+        self.use_liger_kernel = False
 
     def _drop_missing_reporters(self) -> None:
         """Drop `--report_to wandb` (upstream's scripts pass it) when wandb is not installed, with one warning."""
@@ -375,6 +438,15 @@ def _check_choices(model_args: ModelArguments, data_args: DataArguments, trainin
             f"--mm_projector_type {model_args.mm_projector_type!r} is unknown; use 'linear', 'identity' or "
             "'mlp<N>x_gelu' (LLaVA-1.5: 'mlp2x_gelu')."
         )
+    if not INIT_LORA_WEIGHTS_PATTERN.fullmatch(training_args.init_lora_weights):
+        problems.append(
+            f"--init_lora_weights {training_args.init_lora_weights!r} is not one of 'true', 'gaussian', 'pissa', "
+            "'pissa_niter_<N>', 'olora'."
+        )
+    for flag, value in (("--loraplus_lr_ratio", training_args.loraplus_lr_ratio),
+                        ("--mm_vision_tower_lr", training_args.mm_vision_tower_lr)):  # fmt: skip
+        if value is not None and value <= 0:
+            problems.append(f"{flag} must be positive, got {value}.")
     if training_args.lora_r <= 0:
         problems.append(f"--lora_r must be a positive rank, got {training_args.lora_r}.")
     if not 0.0 <= training_args.lora_dropout < 1.0:
@@ -473,8 +545,83 @@ def _check_combinations(
             f"--bits {training_args.bits} with --tune_mm_mlp_adapter: projector pretraining trains only "
             "the full-precision projector, quantizing the frozen model gains nothing; drop --bits."
         )
+    problems += _check_lora_variants(model_args, training_args)
     problems += _missing_packages(training_args)
     return problems
+
+
+def _check_lora_variants(model_args: ModelArguments, training_args: TrainingArguments) -> list[str]:
+    """DoRA, rsLoRA, PiSSA/OLoRA, LoRA+ and vision-tower training."""
+    problems = []
+    init = training_args.init_lora_weights
+    lora_only = [
+        flag
+        for flag, given in (
+            ("--use_dora", training_args.use_dora),
+            ("--use_rslora", training_args.use_rslora),
+            (f"--init_lora_weights {init}", init != "true"),
+            ("--loraplus_lr_ratio", training_args.loraplus_lr_ratio is not None),
+            ("--lora_vision_tower", training_args.lora_vision_tower),
+        )
+        if given
+    ]
+    if lora_only and not training_args.lora_enable:
+        problems.append(f"{', '.join(lora_only)} configure LoRA adapters: add --lora_enable True or drop them.")
+    if mutates_base_weights(init):
+        if training_args.use_dora:
+            problems.append(
+                f"--init_lora_weights {init} with --use_dora: the saved adapter is converted into an ordinary LoRA "
+                "over the original base, which DoRA's magnitudes cannot be; drop one of them."
+            )
+        if init.startswith("pissa") and training_args.bits in (4, 8):
+            problems.append(
+                f"--init_lora_weights {init} with --bits {training_args.bits}: PiSSA decomposes full-precision "
+                "weights (peft refuses quantized ones); use --init_lora_weights olora, or drop --bits."
+            )
+    if training_args.use_dora and training_args.bits == 8:
+        # Measured with peft 0.21 and bitsandbytes 0.50.2: the second step stops in bitsandbytes' int8 matmul
+        # ("'NoneType' object has no attribute 'unsqueeze'": DoRA's per-step dequantization clears its scale state).
+        problems.append(
+            "--use_dora with --bits 8: DoRA over bitsandbytes' 8-bit weights fails at the second step (peft 0.21, "
+            "bitsandbytes 0.50.2); use --bits 4 (QLoRA) or 16 with --use_dora."
+        )
+    tower_flags = [
+        flag
+        for flag, given in (
+            ("--unfreeze_mm_vision_tower", model_args.unfreeze_mm_vision_tower),
+            ("--lora_vision_tower", training_args.lora_vision_tower),
+            ("--mm_vision_tower_lr", training_args.mm_vision_tower_lr is not None),
+        )
+        if given
+    ]
+    if tower_flags and model_args.vision_tower is None:
+        problems.append(f"{', '.join(tower_flags)} train the vision tower, which needs --vision_tower.")
+    if model_args.unfreeze_mm_vision_tower and training_args.lora_vision_tower:
+        problems.append(
+            "--unfreeze_mm_vision_tower trains every tower weight, --lora_vision_tower adapters on them; pass one."
+        )
+    if tower_flags and model_args.tune_mm_mlp_adapter:
+        problems.append(f"--tune_mm_mlp_adapter trains the projector alone; drop {', '.join(tower_flags)}.")
+    if (
+        training_args.mm_vision_tower_lr is not None
+        and not model_args.unfreeze_mm_vision_tower
+        and not training_args.lora_vision_tower
+    ):
+        problems.append(
+            "--mm_vision_tower_lr sets the learning rate of a trained vision tower: add --unfreeze_mm_vision_tower "
+            "True (or --lora_vision_tower True), or drop it."
+        )
+    return problems
+
+
+def mutates_base_weights(init_lora_weights: str) -> bool:
+    """PiSSA and OLoRA start the adapter from a part of each base weight and take that part out of the base."""
+    return init_lora_weights.startswith("pissa") or init_lora_weights == "olora"
+
+
+def peft_init_lora_weights(init_lora_weights: str):
+    """The flag's text as peft.LoraConfig takes it ('true' is the boolean True)."""
+    return True if init_lora_weights == "true" else init_lora_weights
 
 
 def _check_evaluation(data_args: DataArguments, training_args: TrainingArguments) -> list[str]:

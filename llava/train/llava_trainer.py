@@ -4,7 +4,8 @@ What it adds to `Trainer`, as upstream does (and where upstream is buggy, fixed)
 - `--group_by_modality_length`: batches hold only image or only text samples, grouped by length
   (`LengthGroupedSampler`). The order is drawn from a generator seeded with the seed and the epoch, so a resumed
   run sees the same order as an uninterrupted one (upstream used the global RNG, even for the inner shuffles).
-- `--mm_projector_lr`: the projector gets its own learning rate (same weight-decay split as the rest).
+- `--mm_projector_lr`: the projector gets its own learning rate (same weight-decay split as the rest); so do the
+  vision tower (`--mm_vision_tower_lr`) and LoRA+'s B matrices (`--loraplus_lr_ratio`), see `llava.train.param_groups`.
 - Saving: one `save_model` serves every `checkpoint-N/` and the final save. A LoRA run writes the adapter, the
   trainable non-LoRA tensors (`non_lora_trainables.bin`) and `config.json` into every checkpoint too (upstream
   #1010, #1245, #1566); projector pretraining writes `mm_projector.bin`; a full fine-tune writes a normal model.
@@ -24,7 +25,7 @@ import math
 import os
 import shutil
 from collections.abc import Sequence
-from typing import Any, Optional
+from typing import Optional
 
 import torch
 from torch import nn
@@ -39,14 +40,14 @@ from llava.data.dataset import PACKING_STATS_KEY
 from llava.distributed.zero3 import get_mm_adapter_state_maybe_zero_3, maybe_zero_3  # noqa: F401  (upstream's names here)
 from llava.model import compat
 from llava.model.files import TRAINING_ARGS_FILE
-from llava.train import saving
+from llava.train import param_groups, saving
 
 logger = logging.getLogger(__name__)
 
 # Checkpoints are written under output_dir/.staging/ and renamed into place when complete (crash safety).
 STAGING_DIR = ".staging"
 
-PROJECTOR_KEY = "mm_projector"
+PROJECTOR_KEY = param_groups.PROJECTOR_KEY
 # What projector pretraining saves to mm_projector.bin. (Upstream adds the embeddings when --mm_use_im_start_end,
 # but it refuses to pretrain with that flag, so they never get there.)
 PROJECTOR_KEYS = (PROJECTOR_KEY, "vision_resampler")
@@ -175,35 +176,6 @@ class LengthGroupedSampler(Sampler):
             generator = torch.Generator().manual_seed(self.seed + self.epoch)
         grouping = get_modality_length_grouped_indices if self.group_by_modality else get_length_grouped_indices
         return iter(grouping(self.lengths, self.batch_size, self.world_size, generator=generator))
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Optimizer parameter groups
-
-
-def projector_param_groups(
-    model: nn.Module, decay_parameters: set[str], weight_decay: float, projector_lr: float
-) -> list[dict[str, Any]]:
-    """Trainable parameters in up to four groups: (rest | projector) x (weight decay | none).
-
-    Projector groups carry `lr=projector_lr`; empty groups are left out (DeepSpeed's ZeRO optimizers do not
-    accept them).
-    """
-    groups = []
-    for is_projector in (False, True):
-        for decays in (True, False):
-            params = [
-                p
-                for n, p in model.named_parameters()
-                if p.requires_grad and (n in decay_parameters) == decays and (PROJECTOR_KEY in n) == is_projector
-            ]
-            if not params:
-                continue
-            group: dict[str, Any] = {"params": params, "weight_decay": weight_decay if decays else 0.0}
-            if is_projector:
-                group["lr"] = projector_lr
-            groups.append(group)
-    return groups
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -374,14 +346,17 @@ class LLaVATrainer(Trainer):
     # -- optimizer --------------------------------------------------------------------------------------------
 
     def create_optimizer(self, model=None):
-        if self.optimizer is not None or self.args.mm_projector_lr is None:
+        if self.optimizer is not None or not param_groups.needs_own_groups(self.args):
             return super().create_optimizer(model)
         opt_model = self.model if model is None else model
-        groups = projector_param_groups(
+        groups = param_groups.param_groups(
             opt_model,
             decay_parameters=set(self.get_decay_parameter_names(opt_model)),
             weight_decay=self.args.weight_decay,
+            learning_rate=self.args.learning_rate,
             projector_lr=self.args.mm_projector_lr,
+            vision_tower_lr=getattr(self.args, "mm_vision_tower_lr", None),
+            loraplus_lr_ratio=getattr(self.args, "loraplus_lr_ratio", None),
         )
         if self.optimizer_cls_and_kwargs is not None:
             optimizer_cls, optimizer_kwargs = self.optimizer_cls_and_kwargs

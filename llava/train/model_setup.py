@@ -186,6 +186,17 @@ def setup_vision_modules(
     if training_args.bits in (4, 8):
         projector.to(dtype=compute_dtype(training_args), device=training_args.device)
 
+    # LLaVA-NeXT's tower training, recorded as it does: a config with unfreeze_mm_vision_tower builds the tower
+    # with weights at once, so that the checkpoint's tower weights land in it. A checkpoint that already holds its
+    # tower (LLaVA-1.6's releases) keeps the mark even when this run leaves the tower frozen: a LoRA run's loader
+    # builds that base with the run's config, and the base's fine-tuned tower must not give way to mm_vision_tower's.
+    config.unfreeze_mm_vision_tower = model_args.unfreeze_mm_vision_tower or bool(
+        getattr(config, "unfreeze_mm_vision_tower", False)
+    )
+    config.mm_vision_tower_lr = training_args.mm_vision_tower_lr
+    if model_args.unfreeze_mm_vision_tower:
+        vision_tower.requires_grad_(True)
+
     config.mm_use_im_start_end = model_args.mm_use_im_start_end
     config.mm_projector_lr = training_args.mm_projector_lr
     config.mm_use_im_patch_token = model_args.mm_use_im_patch_token

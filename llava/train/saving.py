@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import enum
+import json
 import logging
 import os
 from collections.abc import Sequence
@@ -30,7 +31,13 @@ from llava.distributed.zero3 import (
 )
 from llava.model import compat
 from llava.model.added_tokens import added_rows_state, restore_added_rows, split_added_rows
-from llava.model.files import ADAPTER_WEIGHTS_FILE, CONFIG_FILE, NON_LORA_TRAINABLES_FILE, PROJECTOR_FILE
+from llava.model.files import (
+    ADAPTER_CONFIG_FILE,
+    ADAPTER_WEIGHTS_FILE,
+    CONFIG_FILE,
+    NON_LORA_TRAINABLES_FILE,
+    PROJECTOR_FILE,
+)
 from llava.model.state_files import load_state_file, nonfinite_tensors
 
 logger = logging.getLogger(__name__)
@@ -79,11 +86,20 @@ def files_for_upstream_stack(output_dir: str, tokenizer=None) -> None:
 
 
 def save_lora_outputs(model: nn.Module, output_dir: str, lora_bias: str, is_main_process: bool) -> None:
-    """Write the adapter, `non_lora_trainables.bin` and `config.json` of a PEFT model into `output_dir`."""
+    """Write the adapter, `non_lora_trainables.bin` and `config.json` of a PEFT model into `output_dir`.
+
+    A PiSSA/OLoRA adapter is written as the ordinary LoRA it amounts to over the original base
+    (:func:`lora_over_original_base`), so that it loads and merges like any other run.
+    """
+    from llava.train.lora import initial_adapter
+
     named = list(model.named_parameters())
     adapter_state = get_peft_state_maybe_zero_3(named, lora_bias)
     non_lora_state = {**get_peft_state_non_lora_maybe_zero_3(named), **added_rows_state(model)}
     refuse_nonfinite({**adapter_state, **non_lora_state}, output_dir)
+    initial = initial_adapter(model)
+    if initial is not None:
+        adapter_state = lora_over_original_base(adapter_state, initial)
     if not is_main_process:
         return
     os.makedirs(output_dir, exist_ok=True)
@@ -91,6 +107,8 @@ def save_lora_outputs(model: nn.Module, output_dir: str, lora_bias: str, is_main
     # .bin as upstream (the loader and upstream's tools read adapter_model.bin); PEFT strips the adapter name.
     # The embedding layers are never part of the adapter: when they train, they are in non_lora_trainables.bin.
     model.save_pretrained(output_dir, state_dict=adapter_state, safe_serialization=False, save_embedding_layers=False)
+    if initial is not None:
+        _describe_converted_adapter(output_dir)
     compat.adapter_config_for_old_peft(output_dir)  # upstream's loader runs peft 0.10
     torch.save(non_lora_state, os.path.join(output_dir, NON_LORA_TRAINABLES_FILE))
     logger.info(
@@ -115,6 +133,59 @@ def save_projector_outputs(
     logger.info("Saved the projector (%d tensors) to %s", len(state), output_dir)
 
 
+# ----------------------------------------------------------------------------------------------------------------
+# PiSSA / OLoRA: the adapter as an ordinary LoRA over the original base
+
+
+def lora_over_original_base(
+    adapter_state: dict[str, torch.Tensor], initial: dict[str, torch.Tensor]
+) -> dict[str, torch.Tensor]:
+    """PiSSA/OLoRA train A, B over W_res = W - s B0 A0 (s = the LoRA scaling, A0/B0 their starting values), so the
+    trained weight W_res + s B A equals W + s (B A - B0 A0) = W + s [B | -B0] [A ; A0]: a LoRA of rank 2r over the
+    original W, with the same scaling when alpha doubles too (peft's `subtract_mutated_init`, the conversion behind
+    `save_pretrained(path_initial_model_for_weight_conversion=...)`). Tensors other than A and B are kept as they are.
+    """
+    converted = {}
+    for name, value in adapter_state.items():
+        if ".lora_A." in name:
+            converted[name] = torch.cat([value, initial[name].to(value)], dim=0)
+        elif ".lora_B." in name:
+            converted[name] = torch.cat([value, -initial[name].to(value)], dim=1)
+        else:
+            converted[name] = value
+    return converted
+
+
+def lora_for_training(adapter_state: dict[str, torch.Tensor], model_state: dict[str, torch.Tensor]):
+    """The inverse of :func:`lora_over_original_base` for resuming: the trained A and B are the first r rows of A'
+    and the first r columns of B' (r: the model's rank)."""
+    restored = {}
+    for name, value in adapter_state.items():
+        own = model_state.get(name)
+        if own is not None and ".lora_A." in name and value.shape[0] == 2 * own.shape[0]:
+            value = value[: own.shape[0]]
+        elif own is not None and ".lora_B." in name and value.shape[1] == 2 * own.shape[1]:
+            value = value[:, : own.shape[1]]
+        restored[name] = value
+    return restored
+
+
+def _describe_converted_adapter(output_dir: str) -> None:
+    """adapter_config.json of the converted adapter: rank 2r, alpha doubled (rsLoRA: times sqrt 2) to keep the
+    scaling, and an ordinary init, so that loading it never re-runs PiSSA/OLoRA on the base (peft does the same)."""
+    path = os.path.join(output_dir, ADAPTER_CONFIG_FILE)
+    with open(path, encoding="utf-8") as handle:
+        config = json.load(handle)
+    config["r"] *= 2
+    config["lora_alpha"] *= 2**0.5 if config.get("use_rslora") else 2
+    config["init_lora_weights"] = True
+    for pattern in ("rank_pattern", "alpha_pattern"):
+        if config.get(pattern):
+            config[pattern] = {key: 2 * value for key, value in config[pattern].items()}
+    with open(path, "w", encoding="utf-8") as handle:
+        json.dump(config, handle, indent=2, sort_keys=True)
+
+
 class NonFiniteWeightsError(RuntimeError):
     """A save was asked to write NaN or inf weights; nothing was written."""
 
@@ -134,7 +205,13 @@ def load_lora_outputs(model: nn.Module, checkpoint_dir: str) -> None:
     """Restore the adapter AND the non-LoRA trainables (the projector) from a LoRA checkpoint (upstream #1200)."""
     from peft import set_peft_model_state_dict
 
+    from llava.train.lora import initial_adapter
+
     adapter_state = _load_tensors(os.path.join(checkpoint_dir, ADAPTER_WEIGHTS_FILE))
+    if initial_adapter(model) is not None:  # saved as an ordinary LoRA over the original base
+        from peft import get_peft_model_state_dict
+
+        adapter_state = lora_for_training(adapter_state, get_peft_model_state_dict(model))
     result = set_peft_model_state_dict(model, adapter_state)
     if result.unexpected_keys:
         raise ValueError(

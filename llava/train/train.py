@@ -45,6 +45,7 @@ from llava.model.files import CHECKPOINT_GLOB
 from llava.model.llava_arch import image_feature_length
 from llava.train.arguments import DataArguments, ModelArguments, TrainingArguments, parse_args
 from llava.train.eval_generation import add_eval_generation
+from llava.train.liger import use_liger_kernels
 from llava.train.llava_trainer import LLaVATrainer
 from llava.train.lora import (
     add_lora,
@@ -132,7 +133,7 @@ def run(
     )
 
     model = load_model(model_args, training_args, attn_implementation)
-    model = _prepare_for_training(model, training_args)
+    model = _prepare_for_training(model, model_args, training_args)
     tokenizer = load_tokenizer(model_args, training_args)
     template = setup_template(model_args, tokenizer, model)
     dataset_kwargs = {"conv": template, "records": records, "checked": True}
@@ -141,6 +142,8 @@ def run(
     if training_args.bits in (4, 8):
         cast_kbit_modules(model, training_args)
     align_trainable_dtypes(model, training_args)
+    if training_args.use_liger_kernel:  # only still on where Liger runs (llava.train.arguments)
+        use_liger_kernels(model)
 
     if training_args.packing:
         attention = getattr(model.config, "_attn_implementation", None)
@@ -221,12 +224,17 @@ def _split_for_evaluation(
     )
 
 
-def _prepare_for_training(model, training_args: TrainingArguments):
-    """k-bit preparation, input gradients for checkpointing, then LoRA (the order upstream uses)."""
+def _prepare_for_training(model, model_args: ModelArguments, training_args: TrainingArguments):
+    """k-bit preparation, input gradients for checkpointing, then LoRA (the order upstream uses).
+
+    With `--lora_vision_tower` the vision modules are built first, so that LoRA finds the tower's layers;
+    `setup_vision_modules` finds them built (as from a LLaVA checkpoint) and makes the projector trainable again."""
     if training_args.bits in (4, 8):
         model = prepare_for_kbit_training(model, training_args)
     if training_args.gradient_checkpointing:
         enable_input_grads(model)
+    if training_args.lora_enable and training_args.lora_vision_tower:
+        model.get_model().initialize_vision_modules(model_args=model_args, fsdp=training_args.fsdp)
     if training_args.lora_enable:
         model = add_lora(model, training_args)
     return model

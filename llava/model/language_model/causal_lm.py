@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
+from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from ..llava_arch import LlavaMetaForCausalLM, is_packed_batch
+from ..loss import LossImplementation, causal_lm_loss
 
 
 def init_llava_causal_lm(model, config, language_causal_lm_class: type, base_model_class: type) -> None:
@@ -29,6 +31,10 @@ class LlavaCausalLM(LlavaMetaForCausalLM):
     """Mixed in before a family's transformers causal LM (``class LlavaLlamaForCausalLM(LlavaCausalLM,
     LlamaForCausalLM)``)."""
 
+    # How a forward without logits (see `skip_logits`) computes the loss: llava.model.loss; the trainer sets "liger"
+    # for --use_liger_kernel where Liger runs.
+    loss_implementation: LossImplementation = "chunked"
+
     def get_model(self):
         return self.model
 
@@ -43,9 +49,15 @@ class LlavaCausalLM(LlavaMetaForCausalLM):
         use_cache: bool | None = None,
         images: torch.FloatTensor | list | None = None,
         image_sizes: list | None = None,
+        skip_logits: bool | None = None,
         **kwargs,
     ):
-        """The family's forward with ``images`` (and ``image_sizes`` for anyres) spliced in at ``IMAGE_TOKEN_INDEX``."""
+        """The family's forward with ``images`` (and ``image_sizes`` for anyres) spliced in at ``IMAGE_TOKEN_INDEX``.
+
+        ``skip_logits`` (Liger's and transformers' name; default: in training, when there are labels): return the
+        loss alone, computed from the last hidden state without the full logits (llava.model.loss); ``logits`` is
+        then None. Evaluation and inference get the logits as ever.
+        """
         if cache is None and "past_key_values" in kwargs:  # upstream's name for the cache
             cache = kwargs.pop("past_key_values")
         if is_packed_batch(position_ids, attention_mask):
@@ -57,6 +69,11 @@ class LlavaCausalLM(LlavaMetaForCausalLM):
                     input_ids, position_ids, attention_mask, cache, labels, images, image_sizes
                 )
             )
+        if skip_logits is None:
+            skip_logits = self.training and labels is not None
+        if skip_logits:
+            return self._loss_without_logits(input_ids, attention_mask, position_ids, cache, inputs_embeds, labels,
+                                             use_cache, **kwargs)  # fmt: skip
         return super().forward(
             input_ids=input_ids,
             attention_mask=attention_mask,
@@ -67,6 +84,40 @@ class LlavaCausalLM(LlavaMetaForCausalLM):
             use_cache=use_cache,
             **kwargs,
         )
+
+    def _loss_without_logits(
+        self, input_ids, attention_mask, position_ids, cache, inputs_embeds, labels, use_cache, **kwargs
+    ) -> CausalLMOutputWithPast:
+        if labels is None and "shift_labels" not in kwargs:
+            raise ValueError("skip_logits=True returns only the loss, which needs labels")
+        outputs = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            cache=cache,
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache,
+            **kwargs,
+        )
+        loss = causal_lm_loss(
+            outputs.last_hidden_state,
+            self.lm_head,
+            labels,
+            self.loss_implementation,
+            num_items_in_batch=kwargs.get("num_items_in_batch"),
+            shift_labels=kwargs.get("shift_labels"),
+        )
+        if loss is not None:
+            return CausalLMOutputWithPast(
+                loss=loss, cache=outputs.cache, hidden_states=outputs.hidden_states, attentions=outputs.attentions
+            )
+        # A head the chunked loss cannot take (see causal_lm_loss): score the hidden states already computed.
+        logits = self.lm_head(outputs.last_hidden_state)
+        loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
+        return CausalLMOutputWithPast(
+            loss=loss, logits=logits, cache=outputs.cache, hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+        )  # fmt: skip
 
     @torch.no_grad()
     def generate(self, inputs: torch.Tensor | None = None, images=None, image_sizes=None, **kwargs):

@@ -82,11 +82,20 @@ class CLIPVisionTower(nn.Module):
             return features
         raise ValueError(f"Unexpected select feature: {self.select_feature!r} (use 'patch' or 'cls_patch')")
 
-    @torch.no_grad()
     def forward(self, images):
-        if isinstance(images, list):
-            return [self._features(image.unsqueeze(0)) for image in images]
+        # Frozen (as upstream) the tower keeps no graph; trained (--unfreeze_mm_vision_tower, --lora_vision_tower)
+        # it does.
+        with torch.set_grad_enabled(torch.is_grad_enabled() and self.trains):
+            if isinstance(images, list):
+                return [self._image_features(image.unsqueeze(0)) for image in images]
+            return self._image_features(images)
+
+    def _image_features(self, images: torch.Tensor) -> torch.Tensor:
         return self._features(images)
+
+    @property
+    def trains(self) -> bool:
+        return self.is_loaded and any(param.requires_grad for param in self.vision_tower.parameters())
 
     def _features(self, images: torch.Tensor) -> torch.Tensor:
         outputs = self.vision_tower(images.to(device=self.device, dtype=self.dtype), output_hidden_states=True)
@@ -145,10 +154,7 @@ class CLIPVisionTowerS2(CLIPVisionTower):
         processor.crop_size["height"] = processor.crop_size["width"] = self.s2_image_size
         return processor
 
-    @torch.no_grad()
-    def forward(self, images):
-        if isinstance(images, list):
-            return [multiscale_forward(self._features, image.unsqueeze(0), self.s2_scales) for image in images]
+    def _image_features(self, images: torch.Tensor) -> torch.Tensor:
         return multiscale_forward(self._features, images, self.s2_scales)
 
     @property
