@@ -16,17 +16,22 @@ from torch import nn
 logger = logging.getLogger(__name__)
 
 
+# Liger's patch function for each LLaVA family's language model (Liger's own names).
+LIGER_PATCHES = {"llava_llama": "apply_liger_kernel_to_llama", "llava_mistral": "apply_liger_kernel_to_mistral"}
+
+
 def use_liger_kernels(model: nn.Module) -> None:
     """Patch `model` (our LLaVA model, or a PEFT model around it) with Liger's kernels and its fused loss."""
-    from liger_kernel.transformers import apply_liger_kernel_to_llama
+    import liger_kernel.transformers
 
     inner = model.get_base_model() if hasattr(model, "get_base_model") else model
-    if not hasattr(inner, "loss_implementation"):
+    patch = LIGER_PATCHES.get(getattr(inner.config, "model_type", None))
+    if not hasattr(inner, "loss_implementation") or patch is None:
         logger.warning("--use_liger_kernel: %s is not LLaVA's model; left to transformers", type(inner).__name__)
         return
     # Module-level patches (RoPE) and per-module ones (the norms, the MLPs); the loss is ours, so Liger's forward
     # replacement (fused_linear_cross_entropy=True) would drop the multimodal splice and stays off.
-    apply_liger_kernel_to_llama(
+    getattr(liger_kernel.transformers, patch)(
         rope=True, cross_entropy=False, fused_linear_cross_entropy=False, rms_norm=True, swiglu=True, model=inner
     )
     inner.loss_implementation = "liger"
