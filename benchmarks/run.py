@@ -3,7 +3,7 @@
 python benchmarks/run.py --quick          # CPU-sized, under 10 minutes on 2 cores
 python benchmarks/run.py --quick --json   # the same rows as JSON
 python benchmarks/run.py --tiny           # seconds; what the smoke test runs
-python benchmarks/run.py --only splice    # one benchmark (data, image, splice, step, packing, zero3_save, memory, loss, gpu, eval, startup, export)
+python benchmarks/run.py --only splice    # one benchmark (data, image, splice, step, packing, zero3_save, memory, loss, gpu, eval, startup, export, serve)
 python benchmarks/run.py --gpu            # on a GPU: the 7B-shaped LLaVA LoRA step alone, 32 layers (< 4 minutes)
 """
 
@@ -29,6 +29,7 @@ import bench_image  # noqa: E402
 import bench_loss  # noqa: E402
 import bench_memory  # noqa: E402
 import bench_packing  # noqa: E402
+import bench_serve  # noqa: E402
 import bench_splice  # noqa: E402
 import bench_startup  # noqa: E402
 import bench_step  # noqa: E402
@@ -48,6 +49,7 @@ BENCHMARKS = {
     "eval": lambda size, tiny: bench_eval.run(size, tiny),
     "startup": lambda size, tiny: bench_startup.run(size, tiny),
     "export": lambda size, tiny: bench_export.run(size, tiny),
+    "serve": lambda size, tiny: bench_serve.run(size, tiny),
 }
 
 

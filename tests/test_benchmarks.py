@@ -30,6 +30,10 @@ EXPECTED = (
     "startup per rank",
     "startup: dataloader worker private memory",
     "export peak memory",
+    "serve: worker memory, 4 LoRA runs",
+    "serve: latency of a request that switches LoRA run",
+    "serve answers/s, 8 concurrent requests vs one at a time, one run",
+    "serve answers/s, 8 concurrent requests vs one at a time, 2 runs in one worker",
 )
 
 pytestmark = [pytest.mark.slow, pytest.mark.bench]
@@ -46,7 +50,7 @@ def test_every_benchmark_runs_at_tiny_size():
     assert report["size"] == "tiny" and "cores" in report["machine"]
     assert set(report["seconds"]) == {
         "data", "image", "splice", "step", "packing", "zero3_save", "memory", "loss", "gpu", "eval", "startup",
-        "export",
+        "export", "serve",
     }  # fmt: skip
     names = [row["name"] for row in report["rows"]]
     for prefix in EXPECTED:

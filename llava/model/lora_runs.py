@@ -165,6 +165,7 @@ def load_lora_runs(
         peft_model = builder.attach_adapter(
             peft_model, run_dir, exclude=builder.VISION_TOWER_PATTERN, adapter_name=name
         )
+    _adapters_in(peft_model, dtype)
     image_processor = builder._load_vision_tower(peft_model, dtype, device) if llava else None
     bad = nonfinite_tensors(peft_model.named_parameters())
     if bad:
@@ -175,6 +176,15 @@ def load_lora_runs(
     peft_model.eval()
     context_len = getattr(model.config, "max_sequence_length", builder.DEFAULT_CONTEXT_LEN)
     return LoadedRuns(tokenizer, peft_model, image_processor, context_len, adapter_names)
+
+
+def _adapters_in(model: nn.Module, dtype: torch.dtype) -> None:
+    """Keep the adapters in the model's dtype: PEFT upcasts fp16/bf16 adapters to fp32 for training's sake, which
+    would make each adapter of a half-precision worker twice its size."""
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if ".lora_" in name and parameter.is_floating_point() and parameter.dtype != dtype:
+                parameter.data = parameter.data.to(dtype)
 
 
 def _run_config(run_dir: Path, base_config: Any) -> Any:

@@ -27,8 +27,10 @@ from llava.model.lora_runs import routed_projectors
 
 logger = logging.getLogger(__name__)
 
-# How long the first request of a batch waits for others that arrive with it.
-GATHER_WINDOW_S = 0.02
+# A batch starts once no other request is on its way (decoding and preprocessing its images, tokenising), and at
+# the latest this long after its first request was ready.
+MAX_GATHER_S = 1.0
+GATHER_POLL_S = 0.002
 # A client waits at most this long for its next piece of text before the worker reports an error.
 NEXT_TEXT_TIMEOUT_S = 600
 # Decoded text ending in this is an unfinished multi-byte character: wait for the next token before sending it.
@@ -120,16 +122,35 @@ class RowsDone(StoppingCriteria):
         return torch.tensor([job.done for job in self.jobs], dtype=torch.bool, device=input_ids.device)
 
 
+class Arrival:
+    """A request on its way to the engine: counted from its admission until its job is queued (or it failed), so
+    that a batch does not start without the requests that came with it."""
+
+    def __init__(self, engine: BatchingEngine) -> None:
+        self.engine = engine
+        self.counted = True
+        with engine.arrivals_lock:
+            engine.arriving += 1
+
+    def done(self) -> None:
+        with self.engine.arrivals_lock:
+            if self.counted:
+                self.counted = False
+                self.engine.arriving -= 1
+
+
 class BatchingEngine:
     """One generation thread over ``model``; :meth:`stream` hands it a job and yields the job's texts."""
 
-    def __init__(self, model: Any, tokenizer: Any, max_batch_size: int, gather_window_s: float = GATHER_WINDOW_S):
+    def __init__(self, model: Any, tokenizer: Any, max_batch_size: int, max_gather_s: float = MAX_GATHER_S):
         if max_batch_size < 1:
             raise ValueError(f"the batch size must be at least 1, not {max_batch_size}")
         self.model = model
         self.tokenizer = tokenizer
         self.max_batch_size = max_batch_size
-        self.gather_window_s = gather_window_s
+        self.max_gather_s = max_gather_s
+        self.arrivals_lock = threading.Lock()
+        self.arriving = 0
         # A fast tokenizer used from two threads at once can fail ("Already borrowed"): the request threads that
         # tokenise prompts and the generation thread that decodes answers take turns.
         self.tokenizer_lock = threading.Lock()
@@ -140,9 +161,15 @@ class BatchingEngine:
         self.thread = threading.Thread(target=self._loop, name="generation", daemon=True)
         self.thread.start()
 
-    def stream(self, job: Job) -> Iterator[str]:
+    def announce(self) -> Arrival:
+        """Count a request that will be handed to :meth:`stream` (call ``done()`` on it if it will not)."""
+        return Arrival(self)
+
+    def stream(self, job: Job, arrival: Arrival | None = None) -> Iterator[str]:
         """Queue ``job`` and yield its answer so far after each new piece of text; raises what generation raised."""
         self.waiting.put(job)
+        if arrival is not None:
+            arrival.done()
         try:
             while True:
                 item = job.output.get(timeout=NEXT_TEXT_TIMEOUT_S)
@@ -163,12 +190,7 @@ class BatchingEngine:
         while True:
             if not pending:
                 pending.append(self.waiting.get())
-                deadline = time.monotonic() + self.gather_window_s
-                while len(pending) < self.max_batch_size and (left := deadline - time.monotonic()) > 0:
-                    try:
-                        pending.append(self.waiting.get(timeout=left))
-                    except queue.Empty:
-                        break
+                self._gather(pending)
             while True:  # everything queued meanwhile joins the next batch
                 try:
                     pending.append(self.waiting.get_nowait())
@@ -181,6 +203,19 @@ class BatchingEngine:
             batch = [job for job in pending if job.batch_key == key][: self.max_batch_size]
             pending = [job for job in pending if all(job is not taken for taken in batch)]
             self._run(batch)
+
+    def _gather(self, pending: list[Job]) -> None:
+        """Add to ``pending`` the requests on their way, while there is room in a batch."""
+        deadline = time.monotonic() + self.max_gather_s
+        while len(pending) < self.max_batch_size and time.monotonic() < deadline:
+            try:
+                pending.append(self.waiting.get(timeout=GATHER_POLL_S))
+                continue
+            except queue.Empty:
+                pass
+            with self.arrivals_lock:
+                if self.arriving == 0:
+                    return
 
     def _run(self, jobs: list[Job]) -> None:
         try:
@@ -202,8 +237,11 @@ class BatchingEngine:
             options.update(do_sample=True, temperature=jobs[0].temperature, top_p=jobs[0].top_p)
         else:
             options["do_sample"] = False
-        if any(job.adapter is not None for job in jobs):
+        adapters = list(dict.fromkeys(job.adapter for job in jobs))
+        if len(adapters) > 1:  # rows of several runs: PEFT picks each row's adapter
             options["adapter_names"] = [job.adapter for job in jobs]
+        elif adapters[0] is not None and model.active_adapter != adapters[0]:
+            model.set_adapter(adapters[0], inference_mode=True)  # one run: its adapter alone, no per-row split
         streamer = RowStreamer(jobs, self.tokenizer, self.ends, self.tokenizer_lock)
         with torch.inference_mode(), routed_projectors(model, route):
             model.generate(

@@ -30,6 +30,7 @@ from fastapi.responses import StreamingResponse
 from starlette.background import BackgroundTask
 
 from llava.constants import DEFAULT_IMAGE_TOKEN, IMAGE_TOKEN_INDEX, WORKER_HEART_BEAT_INTERVAL
+from llava.serve.engine import Arrival, BatchingEngine, Job
 from llava.serve.protocol import ErrorCode, chunk
 from llava.serve.request import BadRequest, decode_image, parse_request
 from llava.utils import build_logger, pretty_print_semaphore, server_error_msg
@@ -72,8 +73,6 @@ class ModelWorker:
         limit_model_concurrency: int = 5,
         heart_beat_interval: float = WORKER_HEART_BEAT_INTERVAL,
     ) -> None:
-        from llava.serve.engine import BatchingEngine
-
         self.controller_addr = controller_addr
         self.worker_addr = worker_addr
         self.worker_id = worker_id
@@ -153,17 +152,22 @@ class ModelWorker:
 
     # -- generation ----------------------------------------------------------------------------------------------
 
-    def generate_stream(self, params: Any) -> Iterator[bytes]:
-        """The request's stream of chunks; raises BadRequest for what cannot be served."""
-        request = parse_request(params, self.model_names)
-        job = self._job(request)
-        for text in self.engine.stream(job):
-            yield chunk(request.prompt + text)
+    def generate_stream(self, params: Any, arrival: Arrival | None = None) -> Iterator[bytes]:
+        """The request's stream of chunks; raises BadRequest for what cannot be served. ``arrival``: the engine's
+        count of this request, taken when it was admitted (else here)."""
+        arrival = arrival or self.engine.announce()
+        try:
+            request = parse_request(params, self.model_names)
+            job = self._job(request)
+            for text in self.engine.stream(job, arrival):
+                yield chunk(request.prompt + text)
+        finally:
+            arrival.done()
 
-    def generate_stream_gate(self, params: Any) -> Iterator[bytes]:
+    def generate_stream_gate(self, params: Any, arrival: Arrival | None = None) -> Iterator[bytes]:
         """:meth:`generate_stream` that never raises: a bad request or a failure is the stream's last chunk."""
         try:
-            yield from self.generate_stream(params)
+            yield from self.generate_stream(params, arrival)
         except BadRequest as err:
             logger.info("bad request: %s", err)
             yield chunk(str(err), ErrorCode.WORKER)
@@ -175,7 +179,6 @@ class ModelWorker:
         from llava.inference import image_token_text, images_to_tensor
         from llava.mm_utils import tokenizer_image_token
         from llava.model.llava_arch import image_feature_length
-        from llava.serve.engine import Job
 
         images = [decode_image(data, index) for index, data in enumerate(request.images)]
         prompt, frames = request.prompt, []
@@ -249,7 +252,9 @@ def _load(paths, model_base, names, load_8bit, load_4bit, device, use_flash_attn
 app = FastAPI()
 
 
-def release_model_semaphore(worker: ModelWorker, fn=None) -> None:
+def release_model_semaphore(worker: ModelWorker, fn=None, arrival: Arrival | None = None) -> None:
+    if arrival is not None:
+        arrival.done()  # also when the client left before its request reached the engine
     worker.model_semaphore.release()
     if fn is not None:
         fn()
@@ -264,10 +269,11 @@ async def generate_stream(request: Request) -> StreamingResponse:
     except ValueError:
         params = None  # answered as a bad request
     await worker.semaphore().acquire()
+    arrival = worker.engine.announce()  # from here on, a batch about to start waits for this request
     worker.heart_beat_due.set()
     return StreamingResponse(
-        worker.generate_stream_gate(params),
-        background=BackgroundTask(release_model_semaphore, worker, worker.heart_beat_due.set),
+        worker.generate_stream_gate(params, arrival),
+        background=BackgroundTask(release_model_semaphore, worker, worker.heart_beat_due.set, arrival),
     )
 
 
