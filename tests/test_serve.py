@@ -275,3 +275,21 @@ def test_a_dead_worker_leaves_the_list_after_the_heartbeat_expiry(stack, runs, t
         lambda: "llava-v1.5-doomed" not in post(stack["controller"], "/list_models")["models"], 30, "dead worker gone"
     )
     assert "llava-v1.5-alone" in post(stack["controller"], "/list_models")["models"]  # beating workers stay
+
+
+@pytest.mark.parametrize("bits", ["load_8bit", "load_4bit"])
+def test_a_quantized_worker_serves_each_run(runs, tiny, images, bits):
+    """--load-8bit / --load-4bit (bitsandbytes) with two runs on one base; in-process, without the HTTP server."""
+    from llava.serve.model_worker import ModelWorker
+    from llava.serve.protocol import split_chunks
+
+    worker = ModelWorker(
+        "", "", "test", True, [str(run) for run in runs], str(tiny.llm), None,
+        bits == "load_8bit", bits == "load_4bit", "cpu", limit_model_concurrency=2,
+    )  # fmt: skip
+    prompt, _ = image_prompt()
+    answers = {}
+    for name in RUN_NAMES:
+        chunks = list(split_chunks(worker.generate_stream_gate(_payload(name, images[0]))))
+        answers[name] = _answer(chunks, prompt)
+    assert all(answers.values()) and answers[RUN_NAMES[0]] != answers[RUN_NAMES[1]]
