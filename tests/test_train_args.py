@@ -210,6 +210,7 @@ print(json.dumps({"after_parse": after_parse, "after_setup": after_setup}))
 """
 
 
+@pytest.mark.dist
 def test_parsing_is_pure_and_setup_distributed_makes_the_state(base_argv):
     """Building the arguments starts no process group, touches no environment variable and scans nothing; the
     explicit `setup_distributed` step then creates the DeepSpeed state ZeRO-3 needs (on CPU: over gloo)."""
