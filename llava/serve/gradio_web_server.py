@@ -5,8 +5,8 @@ Upstream's flags, layout and behaviour on gradio 6: a model dropdown filled from
 model worker as it is generated, regenerate / clear, the sampling sliders, upvote / downvote / flag written to the
 conversation log, and example images. What a message does to the conversation and what is sent to the worker is
 ``llava.serve.web_chat``; this module is the page and its event wiring. The differences gradio 6 forces (messages
-chat format, theme and css given at launch, URL parameters read from the request) are in
-docs/upstream_differences.md.
+chat format, theme and css given at launch, URL parameters read from the request) are
+docs/upstream_differences.md #30.
 """
 
 from __future__ import annotations
@@ -79,6 +79,14 @@ def get_model_list(controller_url: str) -> list[str]:
     models = web_chat.sort_models(response.json()["models"])
     logger.info("Models: %s", models)
     return models
+
+
+def get_worker_address(controller_url: str, model_name: str) -> str:
+    """The address of a worker serving ``model_name``, "" when none does."""
+    response = requests.post(
+        controller_url + "/get_worker_address", json={"model": model_name}, timeout=web_chat.STREAM_TIMEOUT_S
+    )
+    return response.json()["address"]
 
 
 def _client(request: gr.Request) -> str:
@@ -176,10 +184,11 @@ class WebUI:
         except ValueError as error:
             yield show(str(error), failed)
             return
-        response = requests.post(
-            self.controller_url + "/get_worker_address", json={"model": model_selector}, timeout=10
-        )
-        worker_address = response.json()["address"]
+        try:
+            worker_address = get_worker_address(self.controller_url, model_selector)
+        except requests.exceptions.RequestException as error:
+            logger.warning("the controller at %s failed: %s", self.controller_url, error)
+            worker_address = ""
         logger.info("model_name: %s, worker_addr: %s", model_selector, worker_address)
         if worker_address == "":
             yield show(server_error_msg, failed)
