@@ -23,7 +23,8 @@ from llava.constants import LOGDIR
 from llava.serve import web_chat
 from llava.utils import build_logger, moderation_msg, server_error_msg, violates_moderation
 
-logger = logging.getLogger(__name__)
+LOGGER_NAME = "gradio_web_server"  # upstream's, in every log line
+logger = logging.getLogger(LOGGER_NAME)
 
 EXAMPLES_DIR = Path(__file__).resolve().parent / "examples"
 # Our own example images (coloured shapes like the demo's training data), with a question each.
@@ -358,7 +359,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    build_logger("gradio_web_server", "gradio_web_server.log")
+    build_logger(LOGGER_NAME, f"{LOGGER_NAME}.log")
     logger.info("args: %s", args)
     demo = build_demo(
         args.embed,
