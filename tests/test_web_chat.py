@@ -176,3 +176,63 @@ def test_logs_are_upstreams_records(tmp_path):
     record = json.loads(line)
     assert set(record) == {"tstamp", "type", "model", "state", "ip"} and record["type"] == "upvote"
     assert record["state"]["messages"] == [["USER", "q\n<image>"], ["ASSISTANT", None]]
+
+
+# What upstream's own add_text + http_bot post (run in the reference environment), against ours, turn by turn.
+UPSTREAM_CASES = [
+    ("llava-v1.5-tiny-lora", [("What color is the shape?", "red_square.png", "Default")], 0.0, 0.7, 64),
+    (
+        "llava-v1.5-tiny-lora",
+        [("Describe it.", "blue_circle.png", "Pad"), ("And its color?", None, "Pad")],
+        0.2,
+        1,
+        512,
+    ),
+    ("llava-v1.5-7b", [("x" * 1300, "blue_circle.png", "Resize")], 1, 0.5, 2000),
+    ("llava-v1.5-7b", [("<image> where is it?", "red_square.png", "Crop")], 0.7, 0.7, 128),
+    ("llava-tiny-lora", [("What is it?", "red_square.png", "Default"), ("Sure?", None, "Default")], 0.0, 0.7, 64),
+    ("llava-v1.6-mistral-7b", [("What is it?", "red_square.png", "Default")], 0.0, 0.7, 64),
+    ("llava-v1.6-34b", [("What is it?", "red_square.png", "Default")], 0.0, 0.7, 64),
+    ("llava-llama-2-13b-chat-lightning", [("What is it?", "red_square.png", "Default")], 0.0, 0.7, 64),
+    ("llava-mpt-7b", [("What is it?", "red_square.png", "Default")], 0.0, 0.7, 64),
+    ("llava-v1.5-plain", [("What is it?", "red_square.png", "Default")], 0.0, 0.7, 64),
+    ("vicuna-7b-v1.5", [("y" * 1600, None, "Default")], 0.0, 0.7, 64),
+    ("llama-2-7b-chat", [("Hello", None, "Default"), ("More", None, "Default")], 0.0, 0.7, 64),
+]
+UPSTREAM_ANSWER = "The shape is red."
+
+
+def _our_payloads(model, rounds, temperature, top_p, max_new_tokens) -> list[dict]:
+    from llava.serve.gradio_web_server import EXAMPLES_DIR
+
+    state, payloads = web_chat.new_conversation(), []
+    for text, image_name, mode in rounds:
+        image = Image.open(EXAMPLES_DIR / image_name).convert("RGB") if image_name else None
+        state = web_chat.for_model(web_chat.add_text(state, text, image, mode), model)
+        payloads.append(web_chat.worker_request(state, model, temperature, top_p, max_new_tokens).payload)
+        state.messages[-1][-1] = UPSTREAM_ANSWER
+    return payloads
+
+
+@pytest.mark.upstream
+def test_requests_are_what_upstreams_web_server_posts(upstream):
+    from llava.serve.gradio_web_server import EXAMPLES_DIR
+
+    cases = [
+        {
+            "model": model,
+            "rounds": [
+                {"text": text, "image": str(EXAMPLES_DIR / image) if image else None, "mode": mode}
+                for text, image, mode in rounds
+            ],
+            "temperature": temperature,
+            "top_p": top_p,
+            "max_new_tokens": max_new_tokens,
+            "answer": UPSTREAM_ANSWER,
+        }
+        for model, rounds, temperature, top_p, max_new_tokens in UPSTREAM_CASES
+    ]
+    results = upstream.run("web_payload", {"cases": cases})["results"]
+    for case, result in zip(UPSTREAM_CASES, results):
+        assert len(result["payloads"]) == len(case[1]) and _our_payloads(*case) == result["payloads"], case[0]
+        assert result["chat"] == UPSTREAM_ANSWER  # upstream's reading of the stream: the prompt cut off, stripped
