@@ -66,3 +66,16 @@ def test_files_are_served_from_the_examples_folder_only():
     kwargs = web.launch_kwargs(web.parse_args(["--host", "127.0.0.1", "--port", "7861"]))
     assert kwargs["allowed_paths"] == [str(web.EXAMPLES_DIR)]
     assert (kwargs["server_name"], kwargs["server_port"], kwargs["share"]) == ("127.0.0.1", 7861, False)
+
+
+@pytest.mark.parametrize(
+    ("query", "selected"), [({"model": "llava-v1.5-b"}, "llava-v1.5-b"), ({"model": "other"}, None), ({}, None)]
+)
+def test_once_mode_selects_the_model_named_in_the_address(query, selected):
+    from types import SimpleNamespace
+
+    ui = web.WebUI("http://controller.invalid", ["llava-v1.5-a", "llava-v1.5-b"])
+    state, dropdown = ui.load_demo(SimpleNamespace(query_params=query, client=None))
+    assert state.messages == [] and state.roles == ("USER", "ASSISTANT")
+    expected = {"choices": ui.models, "value": selected, "visible": True} if selected else {"visible": True}
+    assert dropdown.constructor_args == expected  # what the update sets

@@ -145,7 +145,7 @@ class WebUI:
         logger.info("load_demo. ip: %s. params: %s", _client(request), params)
         dropdown = gr.Dropdown(visible=True)
         if params.get("model") in self.models:
-            dropdown = gr.Dropdown(value=params["model"], visible=True)
+            dropdown = gr.Dropdown(choices=self.models, value=params["model"], visible=True)
         return web_chat.new_conversation(), dropdown
 
     def load_demo_refresh_model_list(self, request: gr.Request):
