@@ -151,8 +151,8 @@ class WebUI:
     def load_demo_refresh_model_list(self, request: gr.Request):
         """``--model-list-mode reload``: the controller asked again on every page load."""
         logger.info("load_demo. ip: %s", _client(request))
-        self.models = get_model_list(self.controller_url)
-        dropdown = gr.Dropdown(choices=self.models, value=self.models[0] if self.models else None)
+        models = get_model_list(self.controller_url)
+        dropdown = gr.Dropdown(choices=models, value=models[0] if models else None)
         return web_chat.new_conversation(), dropdown
 
     def add_text(self, state, text: str, image, image_process_mode: str, request: gr.Request):
