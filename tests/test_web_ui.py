@@ -225,6 +225,21 @@ def test_example_send_regenerate_vote_and_clear(serving, browser):
     assert page.locator("#chatbot [data-testid=bot]").count() == 0
 
 
+def test_a_worker_error_shows_in_the_chat_and_the_next_question_is_answered(serving, browser):
+    from playwright.sync_api import expect
+
+    page = _open_page(browser, serving)
+    textbox = page.get_by_placeholder("Enter text and press ENTER")
+    textbox.fill("word " * 300)  # within the page's 1536 characters, over the tiny model's 256 tokens
+    textbox.press("Enter")
+    error = _read_answer(page).text
+    assert "over the 256 this model takes" in error and error.endswith("(error_code: 1)")
+    expect(_button(page, "Upvote")).to_be_disabled()  # only Regenerate and Clear come back
+    _button(page, "Clear").click()
+    page.locator("#chatbot [data-testid=user]").wait_for(state="detached", timeout=30_000)
+    assert _ask_about_the_image(page).text == _worker_answer(serving, RUN_NAMES[0])
+
+
 def test_the_page_serves_no_file_outside_its_upload_and_example_folders(serving):
     def status(path) -> int:
         return requests.get(f"{serving.web}/gradio_api/file={path}", timeout=10).status_code
