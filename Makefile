@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q "$(TORCH_SPEC)"
-	$(PY) -m pip install -q -e ".[train,test,demo]"
+	$(PY) -m pip install -q -e ".[train,test,demo,serve]"
 	touch $@
 
 # Upstream LLaVA's own code (llava-torch 1.2.2.post1) in its pinned stack, for the `upstream` tests; the tests build
