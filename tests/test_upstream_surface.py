@@ -43,6 +43,17 @@ EXCLUDED = {
         "the attention body it patched into transformers 4.3x's LlamaAttention; transformers' own attention "
         "implementations replace it (docs/upstream_differences.md #23)"
     ),
+    **{
+        f"llava.serve.gradio_web_server.{name}": (
+            "a method of gradio_web_server.WebUI: upstream's handlers read the command line's global args and models "
+            "(docs/upstream_differences.md #30)"
+        )
+        for name in ("add_text", "http_bot", "load_demo", "load_demo_refresh_model_list")
+    },
+    "llava.serve.gradio_web_server.get_window_url_params": (
+        "the page script upstream read ?model= with; gradio 6 hands the handler the request's query parameters "
+        "(docs/upstream_differences.md #30)"
+    ),
 }
 # Modules that exist here but whose contents are upstream's alone, and why.
 CONTENTS_EXCLUDED = {
