@@ -20,10 +20,7 @@ pytestmark = pytest.mark.upstream
 
 PACKAGE = "llava"
 
-# The web UI of the serving work (issue 16): the lead deletes this group after merging it.
-SERVING = "served by the serving work (issue 16)"
-SERVED_ELSEWHERE = {"llava.serve.gradio_web_server": SERVING}
-# Everything else that is not here, and why.
+# What is not here, and why.
 EXCLUDED = {
     "llava.serve.model_worker.global_counter": (
         "upstream's module-global request counter; it is ModelWorker.global_counter (docs/upstream_differences.md #29)"
@@ -67,11 +64,7 @@ def _excluded(dotted: str) -> str | None:
     """The reason ``dotted`` (a module or ``module.name``) is not checked, if it is not."""
     if dotted in EXCLUDED:
         return EXCLUDED[dotted]
-    if dotted.rpartition(".")[0] in CONTENTS_EXCLUDED:
-        return CONTENTS_EXCLUDED[dotted.rpartition(".")[0]]
-    return next(
-        (why for prefix, why in SERVED_ELSEWHERE.items() if dotted == prefix or dotted.startswith(prefix + ".")), None
-    )
+    return CONTENTS_EXCLUDED.get(dotted.rpartition(".")[0])
 
 
 @dataclass
