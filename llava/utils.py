@@ -1,12 +1,28 @@
-"""Small helpers shared across the package."""
+"""Small helpers shared across the package, and upstream's serving helpers under its names (`build_logger`,
+`StreamToLogger`, `server_error_msg`, `moderation_msg`, `violates_moderation`, `pretty_print_semaphore`,
+`disable_torch_init`)."""
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import logging.handlers
+import os
 import platform
 import re
+import sys
+import threading
 from collections.abc import Iterator
+
+from llava.constants import LOGDIR
+
+server_error_msg = "**NETWORK ERROR DUE TO HIGH TRAFFIC. PLEASE REGENERATE OR REFRESH THIS PAGE.**"
+moderation_msg = "YOUR INPUT VIOLATES OUR CONTENT MODERATION GUIDELINES. PLEASE TRY AGAIN."
+
+_LOG_FORMAT = "%(asctime)s | %(levelname)s | %(name)s | %(message)s"
+_LOG_DATE_FORMAT = "%Y-%m-%d %H:%M:%S"
+_MODERATION_URL = "https://api.openai.com/v1/moderations"
+_MODERATION_TIMEOUT_S = 5
 
 
 @contextlib.contextmanager
@@ -76,3 +92,111 @@ def cpu_description() -> tuple[str, frozenset[str]]:
         pass
     model = fields.get("model name") or platform.processor() or platform.machine()
     return model, frozenset(fields.get("flags", "").split())
+
+
+class StreamToLogger:
+    """A file-like object whose complete lines go to ``logger`` at ``log_level`` (upstream's redirect of a server's
+    stdout/stderr into its log file); anything else is read from the terminal stream it replaced."""
+
+    def __init__(self, logger: logging.Logger, log_level: int = logging.INFO) -> None:
+        self.terminal = sys.stdout
+        self.logger = logger
+        self.log_level = log_level
+        self.linebuf = ""
+
+    def __getattr__(self, attr: str):
+        return getattr(self.terminal, attr)
+
+    def write(self, buf: str) -> int:
+        pending = self.linebuf + buf
+        self.linebuf = ""
+        for line in pending.splitlines(True):
+            if line.endswith("\n"):
+                self.logger.log(self.log_level, line.rstrip())
+            else:
+                self.linebuf += line
+        return len(buf)
+
+    def flush(self) -> None:
+        if self.linebuf:
+            self.logger.log(self.log_level, self.linebuf.rstrip())
+        self.linebuf = ""
+
+
+_file_handlers: dict[str, logging.Handler] = {}
+_logger_lock = threading.Lock()
+
+
+def build_logger(logger_name: str, logger_filename: str, redirect_std: bool = True) -> logging.Logger:
+    """Upstream's server logger: INFO records formatted ``time | level | name | message`` on the console and in a
+    daily-rotated ``LOGDIR/logger_filename``; with ``redirect_std`` (upstream always does) the process's
+    stdout/stderr lines go to the loggers "stdout" and "stderr" as well.
+
+    Servers call it from ``main()``, not at import (importing a module changes no global stream here).
+    """
+    formatter = logging.Formatter(fmt=_LOG_FORMAT, datefmt=_LOG_DATE_FORMAT)
+    root = logging.getLogger()
+    with _logger_lock:
+        if not root.handlers:
+            logging.basicConfig(level=logging.INFO)
+        root.handlers[0].setFormatter(formatter)
+        if redirect_std and not isinstance(sys.stdout, StreamToLogger):
+            stdout_logger = logging.getLogger("stdout")
+            stdout_logger.setLevel(logging.INFO)
+            stderr_logger = logging.getLogger("stderr")
+            stderr_logger.setLevel(logging.ERROR)
+            sys.stdout = StreamToLogger(stdout_logger, logging.INFO)
+            sys.stderr = StreamToLogger(stderr_logger, logging.ERROR)
+        filename = os.path.join(LOGDIR, logger_filename)
+        if filename not in _file_handlers:
+            os.makedirs(LOGDIR, exist_ok=True)
+            handler = logging.handlers.TimedRotatingFileHandler(filename, when="D", utc=True, encoding="UTF-8")
+            handler.setFormatter(formatter)
+            root.addHandler(handler)  # every logger propagates to the root: one file gets them all
+            _file_handlers[filename] = handler
+    logger = logging.getLogger(logger_name)
+    logger.setLevel(logging.INFO)
+    return logger
+
+
+def disable_torch_init() -> None:
+    """Skip torch's default init of Linear and LayerNorm weights (upstream's speed-up before loading a checkpoint
+    that overwrites them all)."""
+    import torch
+
+    torch.nn.Linear.reset_parameters = lambda self: None
+    torch.nn.LayerNorm.reset_parameters = lambda self: None
+
+
+_moderation_notice = threading.Event()
+
+
+def violates_moderation(text: str) -> bool:
+    """Whether OpenAI's moderation endpoint flags ``text``. It needs ``OPENAI_API_KEY`` and a network: without a key
+    it logs once that moderation is off and lets every text through; a network or reply error lets it through too
+    (as upstream does)."""
+    key = os.environ.get("OPENAI_API_KEY")
+    if not key:
+        if not _moderation_notice.is_set():
+            _moderation_notice.set()
+            logging.getLogger(__name__).warning("OPENAI_API_KEY is not set: content moderation is off.")
+        return False
+    import requests
+
+    try:
+        reply = requests.post(
+            _MODERATION_URL,
+            headers={"Authorization": f"Bearer {key}"},
+            json={"input": text.replace("\n", "")},
+            timeout=_MODERATION_TIMEOUT_S,
+        )
+        return bool(reply.json()["results"][0]["flagged"])
+    except (requests.exceptions.RequestException, ValueError, KeyError, IndexError, TypeError):
+        return False
+
+
+def pretty_print_semaphore(semaphore) -> str:
+    """``Semaphore(value=N, locked=B)`` for an asyncio semaphore, "None" for none (the worker's status log)."""
+    if semaphore is None:
+        return "None"
+    return f"Semaphore(value={semaphore._value}, locked={semaphore.locked()})"

@@ -398,6 +398,17 @@ def _apply_state(model: torch.nn.Module, state: dict[str, torch.Tensor], source:
 def _merge_adapter(model: torch.nn.Module, run_dir: Path, exclude: str | None = None) -> torch.nn.Module:
     """Load the LoRA adapter over ``model`` (never on modules matching ``exclude``), check every tensor arrived, and
     merge it into the weights."""
+    peft_model = attach_adapter(model, run_dir, exclude=exclude)
+    logger.info("merging the LoRA adapter from %s", run_dir)
+    return peft_model.merge_and_unload()
+
+
+def attach_adapter(
+    model: torch.nn.Module, run_dir: Path, exclude: str | None = None, adapter_name: str = "default"
+) -> torch.nn.Module:
+    """Load the LoRA adapter of ``run_dir`` over ``model`` as ``adapter_name`` (never on modules matching
+    ``exclude``) and check that every tensor of its file arrived. ``model`` is a plain model (it comes back wrapped
+    in a PeftModel) or a PeftModel already holding other adapters (it gets one more)."""
     from peft import PeftConfig, PeftModel, get_peft_model_state_dict
 
     weight_file = next((run_dir / name for name in ADAPTER_WEIGHT_FILES if (run_dir / name).is_file()), None)
@@ -413,12 +424,20 @@ def _merge_adapter(model: torch.nn.Module, run_dir: Path, exclude: str | None = 
         adapter_config = PeftConfig.from_pretrained(run_dir)
         if exclude is not None and not getattr(adapter_config, "exclude_modules", None):
             adapter_config.exclude_modules = exclude
-        peft_model = PeftModel.from_pretrained(model, run_dir, config=adapter_config)
+        if isinstance(model, PeftModel):
+            adapter_config.inference_mode = True
+            model.add_adapter(adapter_name, adapter_config)
+            from peft import set_peft_model_state_dict
+
+            set_peft_model_state_dict(model, expected, adapter_name=adapter_name)
+            peft_model = model
+        else:
+            peft_model = PeftModel.from_pretrained(model, run_dir, adapter_name=adapter_name, config=adapter_config)
     except RuntimeError as err:
         raise ValueError(f"the LoRA weights in {weight_file} do not fit the base model: {err}") from err
     # The embedding matrices are never part of the adapter (training saves without them; a grown vocabulary would
     # otherwise make PEFT expect them here): their added rows come with the non-LoRA trainables.
-    loaded = get_peft_model_state_dict(peft_model, save_embedding_layers=False)
+    loaded = get_peft_model_state_dict(peft_model, adapter_name=adapter_name, save_embedding_layers=False)
     missing = sorted(set(loaded) - set(expected))
     unused = sorted(set(expected) - set(loaded))
     if missing or unused:
@@ -427,8 +446,7 @@ def _merge_adapter(model: torch.nn.Module, run_dir: Path, exclude: str | None = 
             f"layers without weights in the file: {_preview(missing)}; weights in the file with no layer: "
             f"{_preview(unused)}. Pass the --model-base the run was trained from"
         )
-    logger.info("merging the LoRA adapter from %s", weight_file)
-    return peft_model.merge_and_unload()
+    return peft_model
 
 
 def _refuse_nonfinite(model: torch.nn.Module, model_path: Path, model_base: Path | None) -> None:
