@@ -389,7 +389,7 @@ def image_feature_length(model) -> int | None:
 
 
 def is_packed_batch(position_ids, attention_mask) -> bool:
-    """Whether a batch is packed (several samples per row, ``DataCollatorForSupervisedDataset(packing=True)``).
+    """Whether a batch is packed (several samples per row, ``DataCollatorForSupervisedDataset(packing=PackingConfig(...))``).
 
     transformers' own convention: position ids and no attention mask. The ids restart at 0 for every sample and are
     -1 on row padding; transformers then keeps attention inside each sample (SDPA and eager build a block-diagonal
