@@ -17,10 +17,21 @@ $(VENV)/.installed: pyproject.toml
 upstream-env: setup
 	$(PY) tests/upstream_env.py
 
-.PHONY: setup test test-fast lint demo bench upstream-env
+# The web UI's browser test drives Debian's chromium with Playwright (the test extra; Playwright's own browser
+# download is not used), the page's emoji drawn with Noto. apt-get needs root (or sudo); it runs only when one is missing.
+CHROMIUM ?= /usr/bin/chromium
+EMOJI_FONT ?= /usr/share/fonts/truetype/noto/NotoColorEmoji.ttf
+APT_GET := $(shell [ "$$(id -u)" = 0 ] || echo sudo) apt-get
+
+browser: setup
+	@if [ ! -x "$(CHROMIUM)" ] || [ ! -e "$(EMOJI_FONT)" ]; then \
+		$(APT_GET) update -qq && DEBIAN_FRONTEND=noninteractive $(APT_GET) install -y -q chromium fonts-noto-color-emoji; \
+	fi
+
+.PHONY: setup test test-fast lint demo bench upstream-env browser
 setup: $(VENV)/.installed
 
-test: setup
+test: setup browser
 	$(PY) -m pytest -ra --durations=15
 
 # The inner loop: everything but process launches and benchmarks (under 2 minutes on 2 cores).

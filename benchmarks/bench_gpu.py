@@ -91,7 +91,8 @@ def _build(s: dict, root: Path, device: str, dtype: torch.dtype, attention: str)
 def run(size: str, dry_run: bool = False) -> list[Row]:
     import bench_packing
 
-    from llava.data.dataset import PACKING_STATS_KEY, DataCollatorForSupervisedDataset, packing_attention_cost
+    from llava.data.dataset import DataCollatorForSupervisedDataset
+    from llava.data.packing import PACKING_STATS_KEY, PackingConfig, packing_attention_cost
     from llava.model.attention import select_attn_implementation
     from llava.model.llava_arch import image_feature_length
 
@@ -112,7 +113,7 @@ def run(size: str, dry_run: bool = False) -> list[Row]:
     # one sample per row, and the packed path would go untested.
     cost = 0.0 if dry_run else packing_attention_cost(s["hidden"], attention)
     packed = DataCollatorForSupervisedDataset(
-        tokenizer, packing=True, image_feature_length=features, attention_cost=cost
+        tokenizer, PackingConfig(image_feature_length=features, attention_cost=cost)
     )
 
     # One image batch of the 665k-shaped mix (text-only batches are 6% of batches).

@@ -96,7 +96,8 @@ def _model(s: dict, root: Path):
 
 
 def run(size: str) -> list[Row]:
-    from llava.data.dataset import PACKING_STATS_KEY, DataCollatorForSupervisedDataset, packing_attention_cost
+    from llava.data.dataset import DataCollatorForSupervisedDataset
+    from llava.data.packing import PACKING_STATS_KEY, PackingConfig, packing_attention_cost
     from llava.model.llava_arch import image_feature_length
     from llava.train.llava_trainer import get_modality_length_grouped_indices
 
@@ -111,7 +112,7 @@ def run(size: str) -> list[Row]:
     padded = DataCollatorForSupervisedDataset(tokenizer)
     cost = packing_attention_cost(s["hidden"], "sdpa")
     packed = DataCollatorForSupervisedDataset(
-        tokenizer, packing=True, image_feature_length=features, attention_cost=cost
+        tokenizer, PackingConfig(image_feature_length=features, attention_cost=cost)
     )
 
     # The sampler's batches, by the spliced length of each sample (positive: image, negative: text only).

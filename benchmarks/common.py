@@ -77,25 +77,50 @@ def paired_seconds(first: Callable[[], object], second: Callable[[], object], re
     return min(times[0]), min(times[1])
 
 
-def paired_cpu_seconds(
-    first: Callable[[], object], second: Callable[[], object], repeat: int = 3
-) -> tuple[float, float]:
-    """Like `paired_seconds`, in CPU seconds on one thread: on this shared 2-core machine wall time swung 2x between
-    identical steps, while CPU time counts the work each does (`bench_packing` measures the same way)."""
+@dataclass(frozen=True)
+class PairedTimes:
+    """CPU seconds of two functions, one entry per alternating round (see `paired_cpu_times`)."""
+
+    first: tuple[float, ...]
+    second: tuple[float, ...]
+
+    @property
+    def best(self) -> tuple[float, float]:
+        """Each function's least disturbed round (interference only ever adds time): what a row reports."""
+        return min(self.first), min(self.second)
+
+    def spread(self, per_second: bool = False) -> str:
+        """The range of the per-round ratios, first over second (``per_second``: second over first, for rows of a
+        rate such as answers/s), for the row's note: how far one round's ratio strays from the row's."""
+        ratios = sorted(b / a if per_second else a / b for a, b in zip(self.first, self.second))
+        return f"rounds {ratios[0]:.3f}-{ratios[-1]:.3f}x over {len(ratios)}"
+
+
+def paired_cpu_times(first: Callable[[], object], second: Callable[[], object], repeat: int = 3) -> PairedTimes:
+    """CPU seconds on one thread of two functions measured alternately, after one warm-up each: on this shared
+    2-core machine wall time swung 2x between identical steps, while CPU time counts the work each does
+    (`bench_packing` measures the same way); alternating makes what drift remains (cache, frequency) hit both."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         first(), second()  # warm-up
-        best = [float("inf"), float("inf")]
+        times: tuple[list[float], list[float]] = ([], [])
         for _ in range(repeat):
-            for index, fn in enumerate((first, second)):
+            for fn, bucket in ((first, times[0]), (second, times[1])):
                 gc.collect()
                 start = time.process_time()
                 fn()
-                best[index] = min(best[index], time.process_time() - start)
+                bucket.append(time.process_time() - start)
     finally:
         torch.set_num_threads(threads)
-    return best[0], best[1]
+    return PairedTimes(tuple(times[0]), tuple(times[1]))
+
+
+def paired_cpu_seconds(
+    first: Callable[[], object], second: Callable[[], object], repeat: int = 3
+) -> tuple[float, float]:
+    """`paired_cpu_times`' best round of each function."""
+    return paired_cpu_times(first, second, repeat).best
 
 
 NATIVE_BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})

@@ -33,6 +33,7 @@ DEMO_SAMPLES = 240
 LEARNING_RATE = 3e-3
 ZERO3_CONFIG = REPO_ROOT / "configs" / "zero3.json"
 TRAIN_SCRIPT = REPO_ROOT / "llava" / "train" / "train_mem.py"
+RUN_NAME = "llava-v1.5-tiny-lora"
 
 
 def training_flags(tiny, output_dir: Path, epochs: int, save_steps: int = 100) -> list[str]:
@@ -179,7 +180,8 @@ def run(output_root: Path, epochs: int = 10, num_procs: int = 2, save_steps: int
     # More samples than the tests' 48, so that the answer has to come from the image, not from memory.
     data_path, image_folder = build_dataset(output_root / "data", num_samples=DEMO_SAMPLES)
     tiny = dataclasses.replace(tiny, data=data_path, image_folder=image_folder)
-    run_dir = output_root / "llava-tiny-lora"
+    # "v1" in the name, as upstream's runs (llava-v1.5-13b-lora): its web server picks the llava_v1 template by name.
+    run_dir = output_root / RUN_NAME
 
     print(f"[2/4] LoRA fine-tune: deepspeed --num_gpus {num_procs} llava/train/train_mem.py (ZeRO-3)", flush=True)
     # The launcher's own INFO lines (its command lines, world info) repeat what this line says.

@@ -32,11 +32,30 @@ Resolution = tuple[int, int]  # (width, height)
 # anyres grid arithmetic
 
 
+def parse_grid_pinpoints(grid_pinpoints) -> list[list[int]] | None:
+    """anyres's candidate resolutions as ``[[width, height], ...]``, from the list itself or its text form (how
+    config.json and the command line hold them: ``'[[336,672],[672,336]]'``); None when it is not such a list."""
+    value = grid_pinpoints
+    if isinstance(value, str):
+        try:
+            value = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            return None
+    if not isinstance(value, (list, tuple)) or not value:
+        return None
+    pairs = []
+    for pair in value:
+        if not (isinstance(pair, (list, tuple)) and len(pair) == 2 and all(isinstance(v, int) and v > 0 for v in pair)):
+            return None
+        pairs.append([int(pair[0]), int(pair[1])])
+    return pairs
+
+
 def _parse_pinpoints(grid_pinpoints) -> list[Resolution]:
-    """Grid pinpoints come as a list or as its string literal (how they are stored in config.json / on the CLI)."""
-    if isinstance(grid_pinpoints, str):
-        grid_pinpoints = ast.literal_eval(grid_pinpoints)
-    return [tuple(resolution) for resolution in grid_pinpoints]
+    pairs = parse_grid_pinpoints(grid_pinpoints)
+    if pairs is None:
+        raise ValueError(f"image_grid_pinpoints {grid_pinpoints!r} is not a list of [width, height] pairs")
+    return [tuple(pair) for pair in pairs]
 
 
 def select_best_resolution(original_size: Resolution, possible_resolutions: Sequence[Resolution]) -> Resolution:

@@ -12,14 +12,33 @@ import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from llava.launch import REPO_ROOT, LaunchError, free_port, launch_env
+from llava.launch import (
+    REPO_ROOT,
+    LaunchError,
+    deepspeed_node_command,
+    free_port,
+    launch_env,
+    torchrun_node_command,
+)
 from llava.launch import launch_deepspeed as _launch
+from llava.launch import launch_nodes as _launch_nodes
 
 TESTS_DIR = Path(__file__).resolve().parent
 DIST_SCRIPTS = TESTS_DIR / "dist_scripts"
 TEST_TIMEOUT_S = 420
 
-__all__ = ["DIST_SCRIPTS", "REPO_ROOT", "TESTS_DIR", "LaunchError", "free_port", "launch_deepspeed", "launch_env"]
+__all__ = [
+    "DIST_SCRIPTS",
+    "REPO_ROOT",
+    "TESTS_DIR",
+    "LaunchError",
+    "deepspeed_node_command",
+    "free_port",
+    "launch_deepspeed",
+    "launch_env",
+    "launch_nodes",
+    "torchrun_node_command",
+]
 
 _timed_out: list[str] = []
 
@@ -32,11 +51,31 @@ def launch_deepspeed(
     env: Mapping[str, str] | None = None,
 ):
     """`llava.launch.launch_deepspeed` with `tests/` on the workers' path (for `dist_scripts.*` helpers)."""
+    return _guarded(
+        f"{Path(script).name} {' '.join(map(str, args))}",
+        lambda: _launch(script, args, num_procs=num_procs, timeout_s=timeout_s, env=env, extra_pythonpath=[TESTS_DIR]),
+    )
+
+
+def launch_nodes(
+    commands: Sequence[Sequence[str]],
+    port: int,
+    envs: Sequence[Mapping[str, str] | None] | None = None,
+    timeout_s: float = TEST_TIMEOUT_S,
+):
+    """`llava.launch.launch_nodes` (one launcher per node, all at once) with `tests/` on the workers' path."""
+    return _guarded(
+        " | ".join(" ".join(command[-3:]) for command in commands),
+        lambda: _launch_nodes(commands, port, timeout_s=timeout_s, envs=envs, extra_pythonpath=[TESTS_DIR]),
+    )
+
+
+def _guarded(what: str, start):
     if _timed_out:
         raise LaunchError(f"not launched: an earlier launch in this session timed out ({_timed_out[0]})")
     try:
-        return _launch(script, args, num_procs=num_procs, timeout_s=timeout_s, env=env, extra_pythonpath=[TESTS_DIR])
+        return start()
     except LaunchError as error:
         if "timed out after" in str(error):
-            _timed_out.append(f"{Path(script).name} {' '.join(map(str, args))}")
+            _timed_out.append(what)
         raise

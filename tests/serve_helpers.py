@@ -10,7 +10,7 @@ import json
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import requests
@@ -134,12 +134,14 @@ def wait_for(condition: Callable[[], bool], timeout_s: float, what: str, process
 class Server:
     """``python -m llava.serve.<module> ...`` on 127.0.0.1, its output in ``log``; stopped by :meth:`stop`."""
 
-    def __init__(self, module: str, args: Sequence[str], cwd: Path, name: str) -> None:
+    def __init__(
+        self, module: str, args: Sequence[str], cwd: Path, name: str, env: Mapping[str, str] | None = None
+    ) -> None:
         self.log = cwd / f"{name}.log"
         self.popen = subprocess.Popen(
             [sys.executable, "-m", f"llava.serve.{module}", *map(str, args)],
             cwd=cwd,
-            env=launch_env(),
+            env={**launch_env(), **(env or {})},
             stdout=self.log.open("w"),
             stderr=subprocess.STDOUT,
         )

@@ -129,3 +129,21 @@ def test_memory_benchmark_dtype_is_native_to_the_cpu(flags, dtype, reason):
 
     assert native_cpu_dtype(frozenset(flags)) == (getattr(torch, dtype), reason)
     assert dtype_label(getattr(torch, dtype)) == {"bfloat16": "bf16", "float32": "fp32"}[dtype]
+
+
+def test_paired_times_report_the_best_round_of_each_and_the_spread():
+    """The rows timed by `common.paired_cpu_times` report each side's best round, and the range of the per-round
+    ratios in their note (first over second; for a rate, second over first)."""
+    sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
+    try:
+        from common import PairedTimes, paired_cpu_times
+    finally:
+        sys.path.remove(str(REPO_ROOT / "benchmarks"))
+    times = PairedTimes((2.2, 2.0, 3.0), (2.0, 1.0, 2.0))
+    assert times.best == (2.0, 1.0)
+    assert times.spread() == "rounds 1.100-2.000x over 3"
+    assert times.spread(per_second=True) == "rounds 0.500-0.909x over 3"
+    calls = []
+    measured = paired_cpu_times(lambda: calls.append("a"), lambda: calls.append("b"), repeat=3)
+    assert calls == ["a", "b"] * 4  # a warm-up of each, then alternating rounds
+    assert len(measured.first) == len(measured.second) == 3

@@ -60,6 +60,7 @@ def test_merged_model_equals_the_trained_peft_model(lora_run, tiny):
     assert difference < 1e-5
 
 
+@pytest.mark.dist
 def test_merge_script_writes_a_loadable_full_model(lora_run, tiny, tmp_path):
     peft_model, output_dir = lora_run
     save_dir = tmp_path / "merged"
@@ -76,6 +77,7 @@ def test_merge_script_writes_a_loadable_full_model(lora_run, tiny, tmp_path):
     assert (_logits(model, ids, images) - _logits(peft_model, ids, images)).abs().max() < 1e-5
 
 
+@pytest.mark.dist
 def test_default_merge_saves_float16_as_upstream(lora_run, tiny, tmp_path):
     _, output_dir = lora_run
     subprocess.run(
@@ -209,6 +211,7 @@ def test_run_llava_answers_and_the_image_matters(lora_run, tiny, capsys):
     assert (logits[0] - logits[1]).abs().max() > 1e-3
 
 
+@pytest.mark.dist
 def test_cli_chats_through_stdin(lora_run, tiny):
     _, output_dir = lora_run
     image_file = Path(tiny.image_folder) / json.loads(Path(tiny.data).read_text())[0]["image"]

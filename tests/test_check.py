@@ -74,6 +74,7 @@ def test_checker_names_every_bad_sample(tiny, defects, capsys):
     assert report["image_tokens"] == 16 and report["template"] == "v1"
 
 
+@pytest.mark.dist
 def test_checker_text_output_and_exit_code_as_a_subprocess(tiny, defects):
     data, images = defects
     result = subprocess.run(

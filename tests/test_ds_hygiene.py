@@ -108,6 +108,30 @@ def test_a_hung_job_is_stopped_with_stacks_and_leaves_no_segments():
     assert hygiene.shm_segments(port) == []
 
 
+@pytest.mark.dist
+@pytest.mark.parametrize("fails", [True, False], ids=["one-node-fails", "one-node-hangs"])
+def test_launch_nodes_stops_the_other_nodes(fails):
+    """One launcher per node (llava.launch.launch_nodes): when one exits non-zero the one still waiting for its peer
+    is stopped at once, not at the timeout; a node that outlives the timeout is stopped with its stack; each
+    node's log is in the error."""
+    quit_or_hang = "import sys; print('node 0 gives up', flush=True); sys.exit(3)" if fails else _HANG
+    commands = [[sys.executable, "-c", quit_or_hang], [sys.executable, "-c", _HANG]]
+    started = time.monotonic()
+    with pytest.raises(launch.LaunchError) as error:
+        launch.launch_nodes(commands, port=launch.free_port(), timeout_s=60 if fails else 3)
+    message = str(error.value)
+    assert time.monotonic() - started < 30
+    if fails:
+        assert message.startswith("node 0 exited with 3: the other nodes were stopped")
+        assert "node 0 gives up" in message and "--- node 1 " in message
+    else:
+        assert message.startswith("timed out after 3 s")
+    assert "waiting for a peer" in message and "Fatal Python error: Aborted" in message
+
+
+_HANG = "import time; print('waiting for a peer', flush=True); time.sleep(600)"
+
+
 def test_orphaned_segments_go_mapped_and_young_ones_stay(tmp_path):
     uid = os.getuid()
     orphan, young, mapped = (hygiene.SHM_DIR / f"{hygiene.SHM_PREFIX}_{uid}_127.0.0.1_{port}_0" for port in (3, 4, 5))

@@ -121,6 +121,7 @@ def _argv(entry_point, files, lora_run, tiny, answers_file, chunk_idx):
     ]  # fmt: skip
 
 
+@pytest.mark.dist
 @pytest.mark.parametrize("entry_point", list(ENTRY_POINTS))
 def test_entry_point_answers_every_question_once_across_chunks(entry_point, question_files, lora_run, tiny, tmp_path):
     """Chunk 0 through `python -m llava.eval.<entry point>` (as upstream's scripts run it), chunks 1-2 in process."""

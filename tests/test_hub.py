@@ -19,7 +19,7 @@ import torch
 from safetensors.torch import load_file
 
 from llava.model.hub import HubResolutionError, is_hub_id, resolve_file, resolve_model_dir
-from llava.testing import build as tiny_build
+from llava.testing import cli as tiny_cli
 from llava.testing import hub as tiny_hub
 from llava.testing import sizes as tiny_sizes
 
@@ -238,6 +238,7 @@ def test_load_pretrained_model_accepts_the_release_hub_id(hub, tiny):
     assert all(torch.equal(own[key], tiny_state[key].half().float()) for key in tiny_state)
 
 
+@pytest.mark.dist
 def test_run_llava_and_cli_accept_the_release_hub_id(hub, tiny, capsys):
     from llava.eval.run_llava import main
 
@@ -400,9 +401,10 @@ def test_cache_dir_is_honoured(hub_cache, tmp_path, monkeypatch):
     assert resolved.parent.parent == hub_cache / "hub" / "models--lmsys--vicuna-7b-v1.5"
 
 
-def test_tiny_cli_writes_the_hub_cache(tiny, tmp_path, capsys):
-    tiny_build.main([str(tiny.root), "--hub-cache", str(tmp_path)])
-    assert f"hub cache: {tmp_path / 'hub'} (HF_HOME={tmp_path})" in capsys.readouterr().out
+def test_tiny_cli_writes_the_hub_cache(tiny, tmp_path, caplog):
+    with caplog.at_level("INFO", logger=tiny_cli.logger.name):
+        tiny_cli.main([str(tiny.root), "--hub-cache", str(tmp_path)])
+    assert f"hub cache: {tmp_path / 'hub'} (HF_HOME={tmp_path})" in caplog.messages[-1]
     repos = sorted(path.name for path in (tmp_path / "hub").glob("models--*"))
     expected = [tiny_hub.CLIP_336_REPO, tiny_hub.PROJECTOR_7B_REPO, *tiny_hub.VICUNA_REPOS, *tiny_hub.LLAVA_REPOS]
     assert repos == sorted(f"models--{repo.replace('/', '--')}" for repo in expected)

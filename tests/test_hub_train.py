@@ -85,6 +85,7 @@ def test_fp16_release_trains_in_fp32_like_the_fp32_reference(release_run):
     assert config["model_type"] == "llava_llama" and config["mm_vision_tower"] == tiny_hub.CLIP_336_REPO
 
 
+@pytest.mark.dist
 def test_merge_and_loader_take_the_release_hub_id_as_model_base(release_run, hub, tmp_path):
     from llava.model.builder import load_pretrained_model
 

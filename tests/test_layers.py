@@ -12,7 +12,9 @@ PACKAGE_ROOT = Path(__file__).resolve().parents[1] / "llava"
 
 # Bottom to top. A unit may import units of lower layers only (and itself).
 LAYERS: list[tuple[str, ...]] = [
-    ("llava.constants", "llava.utils", "llava.tokenization"),
+    ("llava.constants",),
+    # llava.utils reads LOGDIR from llava.constants, as upstream's does.
+    ("llava.utils", "llava.tokenization"),
     ("llava.mm_utils", "llava.distributed"),
     ("llava.conversation",),
     ("llava.model", "llava.data"),
@@ -110,8 +112,8 @@ def test_every_import_goes_down_and_no_packages_import_each_other():
 @pytest.mark.parametrize(
     "edges, expected",
     [
-        ({"llava.model": {"llava.train"}}, "llava.model (layer 3) imports llava.train (layer 4): imports must go down"),
-        ({"llava.model": {"llava.data"}}, "llava.model (layer 3) imports llava.data (layer 3): imports must go down"),
+        ({"llava.model": {"llava.train"}}, "llava.model (layer 4) imports llava.train (layer 5): imports must go down"),
+        ({"llava.model": {"llava.data"}}, "llava.model (layer 4) imports llava.data (layer 4): imports must go down"),
         ({"llava.newthing": {"llava.constants"}}, "llava.newthing is in no layer of LAYERS: add it"),
         ({"llava.data": {"llava"}}, "llava.data imports the package root llava; import the module itself"),
     ],

@@ -247,6 +247,7 @@ def test_processors_the_fast_path_does_not_model_run_as_themselves(tiny_image_pr
     assert torch.equal(process_images([image], lanczos, cfg), _reference_pixels(image, lanczos, cfg))
 
 
+@pytest.mark.dist
 def test_vision_tower_loads_the_pil_processor_without_the_torchvision_warning(tiny):
     import subprocess
     import sys

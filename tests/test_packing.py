@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from llava.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
-from llava.data.dataset import PACKING_STATS_KEY, DataCollatorForSupervisedDataset, LazySupervisedDataset
+from llava.data.dataset import DataCollatorForSupervisedDataset, LazySupervisedDataset
+from llava.data.packing import PACKING_STATS_KEY, PackingConfig
 from llava.model import LlavaLlamaForCausalLM
 from llava.model.llava_arch import image_feature_length
 from llava.train.arguments import DataArguments
@@ -51,7 +52,9 @@ def samples(tiny):
 
 def _collators(tokenizer, model):
     unpacked = DataCollatorForSupervisedDataset(tokenizer)
-    packed = DataCollatorForSupervisedDataset(tokenizer, packing=True, image_feature_length=image_feature_length(model))
+    packed = DataCollatorForSupervisedDataset(
+        tokenizer, PackingConfig(image_feature_length=image_feature_length(model))
+    )
     return unpacked, packed
 
 
@@ -198,7 +201,7 @@ def test_packed_text_only_rows_without_a_vision_tower(tiny, samples):
     llava = LlavaLlamaForCausalLM(model.config)
     llava.load_state_dict(model.state_dict(), strict=False)
     llava.eval()
-    packed = DataCollatorForSupervisedDataset(tokenizer, packing=True)(text_items)
+    packed = DataCollatorForSupervisedDataset(tokenizer, PackingConfig())(text_items)
     unpacked = DataCollatorForSupervisedDataset(tokenizer)(text_items)
     with torch.no_grad():
         assert abs(llava(**_model_inputs(packed)).loss.item() - llava(**unpacked).loss.item()) < 1e-5
@@ -207,10 +210,10 @@ def test_packed_text_only_rows_without_a_vision_tower(tiny, samples):
 def test_packing_rejects_anyres_and_needs_feature_length(samples):
     tokenizer, items = samples
     with pytest.raises(ValueError, match="image_feature_length"):
-        DataCollatorForSupervisedDataset(tokenizer, packing=True)(items[:2])
+        DataCollatorForSupervisedDataset(tokenizer, PackingConfig())(items[:2])
     anyres = [{**item, "image_size": (32, 32)} for item in items[:2]]
     with pytest.raises(ValueError, match="anyres"):
-        DataCollatorForSupervisedDataset(tokenizer, packing=True, image_feature_length=16)(anyres)
+        DataCollatorForSupervisedDataset(tokenizer, PackingConfig(image_feature_length=16))(anyres)
 
 
 @pytest.mark.slow
@@ -252,9 +255,9 @@ def test_packed_training_run_matches_the_unpacked_run_and_logs_efficiency(tiny, 
     ],
 )
 def test_pack_rows_minimises_the_estimated_cost(lengths, attention_cost, rows):
-    from llava.data.dataset import _pack_rows
+    from llava.data.packing import pack_rows
 
-    packed = _pack_rows(lengths, 2048, attention_cost)
+    packed = pack_rows(lengths, 2048, attention_cost)
     assert sorted(packed) == sorted(rows)
     width = max(sum(lengths[i] for i in row) for row in packed)
     padded_width = min(max(lengths), 2048)

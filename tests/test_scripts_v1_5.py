@@ -97,6 +97,7 @@ def test_upstream_lora_script_runs_unchanged(tiny, hub_cache, tmp_path, script, 
     assert processor is not None and all(torch.isfinite(p).all() for p in model.parameters())
 
 
+@pytest.mark.dist
 def test_extract_mm_projector_from_the_release(hub, tmp_path):
     output = tmp_path / "mm_projector.bin"
     result = subprocess.run(

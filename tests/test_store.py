@@ -192,13 +192,20 @@ def test_a_changed_data_file_is_never_served_from_a_stale_store(tmp_path, privat
     assert list(private_tmp.iterdir()) == []
 
 
-def _load_in_a_group(rank: int, world: int, port: int, data: str, folder: str, results) -> None:
-    """One process of a gloo group of ``world`` on one node: ``load_store(data)``; reports its records or error."""
+def _load_in_a_group(rank: int, world: int, port: int, data: str, folder: str, results, node_env) -> None:
+    """One process of a gloo group of ``world``: ``load_store(data)``; reports its records or error. All on one node,
+    or with ``node_env`` (a launcher's node-rank variable) each on a node of its own, all nodes sharing one temp
+    folder (several launchers on one machine, or a shared /tmp)."""
     import torch.distributed as dist
 
     from llava.data import store as store_module
 
-    os.environ.update(LOCAL_RANK=str(rank), RANK=str(rank), WORLD_SIZE=str(world))
+    for name in ("GROUP_RANK", "CROSS_RANK"):
+        os.environ.pop(name, None)
+    local_rank = rank if node_env is None else 0
+    os.environ.update(LOCAL_RANK=str(local_rank), RANK=str(rank), WORLD_SIZE=str(world))
+    if node_env:
+        os.environ[node_env] = str(rank)
     tempfile.tempdir = folder
     builds = []
     build = store_module._build
@@ -212,7 +219,7 @@ def _load_in_a_group(rank: int, world: int, port: int, data: str, folder: str, r
         dist.destroy_process_group()
 
 
-def _run_group(data, folder, world: int = 2) -> dict:
+def _run_group(data, folder, world: int = 2, node_env: str | None = None) -> dict:
     import multiprocessing
 
     from llava.distributed.state import free_port
@@ -221,7 +228,7 @@ def _run_group(data, folder, world: int = 2) -> dict:
     results = context.Queue()
     port = free_port()
     processes = [
-        context.Process(target=_load_in_a_group, args=(rank, world, port, str(data), str(folder), results))
+        context.Process(target=_load_in_a_group, args=(rank, world, port, str(data), str(folder), results, node_env))
         for rank in range(world)
     ]
     for process in processes:
@@ -249,6 +256,17 @@ def test_one_process_per_node_builds_the_store_and_failures_reach_every_rank(tin
     assert outcome[0][0] == "FileNotFoundError" and "check --data_path" in outcome[0][1]
     assert outcome[1][0] == "RuntimeError"
     assert outcome[1][1].startswith("rank 0 failed building the record store: FileNotFoundError: training data")
+    assert list(private_tmp.iterdir()) == []
+
+
+@pytest.mark.parametrize("node_env", ["GROUP_RANK", "CROSS_RANK", ""], ids=["torchrun", "deepspeed", "neither"])
+def test_each_node_builds_its_own_store_in_a_shared_temp_folder(tiny, private_tmp, node_env):
+    """Two nodes of one process each, one temp folder (issue 19: both local ranks 0 built the same path, and the
+    second failed with FileExistsError): each builds and maps its own store, named by its node rank (torchrun's
+    GROUP_RANK, DeepSpeed's CROSS_RANK, else RANK - LOCAL_RANK), and both are removed."""
+    outcome = _run_group(tiny.data, private_tmp, node_env=node_env)
+    records = load_records(tiny.data)
+    assert outcome == {0: ("ok", records, 1), 1: ("ok", records, 1)}
     assert list(private_tmp.iterdir()) == []
 
 

@@ -111,3 +111,20 @@ def test_same_seed_same_bytes(tmp_path):
     assert tiny_files.tree_digest(second.root) == digest
     other = tiny_build.build_all(tmp_path / "z", seed=1)
     assert (other.llm / "model.safetensors").read_bytes() != (second.llm / "model.safetensors").read_bytes()
+
+
+def test_llava_tiny_command_reuses_a_build_and_names_its_parts(tiny, caplog):
+    from pathlib import Path
+
+    import tomllib
+
+    from llava.testing import cli
+
+    scripts = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())["project"]["scripts"]
+    assert scripts["llava-tiny"] == "llava.testing.cli:main"
+    before = sorted(p.name for p in tiny.root.iterdir())
+    with caplog.at_level("INFO", logger=cli.logger.name):
+        cli.main([str(tiny.root)])
+    assert sorted(p.name for p in tiny.root.iterdir()) == before
+    logged = {line.split(":", 1)[0].strip(): line.split(":", 1)[1].strip() for line in caplog.messages}
+    assert logged == {field: str(value) for field, value in tiny.__dict__.items()}

@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import warnings
+from typing import Literal, Optional
 
 import pytest
 
-from llava.train.arguments import ArgumentsError, parse_args, parse_grid_pinpoints
+from llava.mm_utils import parse_grid_pinpoints
+from llava.train.arguments import (
+    LITERAL_FIELDS,
+    ArgumentsError,
+    DataArguments,
+    TrainingArguments,
+    literal_choices,
+    parse_args,
+)
 
 
 @pytest.fixture
@@ -210,6 +220,7 @@ print(json.dumps({"after_parse": after_parse, "after_setup": after_setup}))
 """
 
 
+@pytest.mark.dist
 def test_parsing_is_pure_and_setup_distributed_makes_the_state(base_argv):
     """Building the arguments starts no process group, touches no environment variable and scans nothing; the
     explicit `setup_distributed` step then creates the DeepSpeed state ZeRO-3 needs (on CPU: over gloo)."""
@@ -250,3 +261,22 @@ def test_deepspeed_on_cpu_keeps_the_users_accelerator_config(base_argv, tmp_path
     config = training_args.accelerator_config
     assert config.use_configured_state is True
     assert config.even_batches is (form == "none")
+
+
+def test_literal_fields_are_read_from_the_annotations():
+    """LITERAL_FIELDS (whose argparse choices give way to validate_args' report) is derived, not kept by hand: the
+    six Literal-typed flags, and a fork's new Literal field (Optional too) with its choices, in declaration order."""
+    assert LITERAL_FIELDS == {
+        "image_aspect_ratio", "lora_bias", "bits", "quant_type", "mm_vision_select_feature", "mm_patch_merge_type",
+    }  # fmt: skip
+    assert literal_choices(TrainingArguments) == {
+        "quant_type": ("fp4", "nf4"), "bits": (4, 8, 16), "lora_bias": ("none", "all", "lora_only"),
+    }  # fmt: skip
+
+    @dataclasses.dataclass
+    class ForkDataArguments(DataArguments):
+        crop: Optional[Literal["center", "none"]] = None
+        note: str = ""
+        resample: Literal["bicubic", "bilinear"] = "bicubic"
+
+    assert literal_choices(ForkDataArguments) == {"crop": ("center", "none"), "resample": ("bicubic", "bilinear")}

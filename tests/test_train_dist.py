@@ -4,6 +4,8 @@
   `stage3_param_persistence_threshold` 0), through `train_mem.py` plus a dump of the gathered model; then the
   same run resumed from checkpoint-2.
 - upstream's `scripts/pretrain.sh` and `scripts/finetune_lora.sh`, unchanged but for paths, on the tiny model.
+- two nodes of one process each on the loopback (`torchrun --nnodes 2`, `deepspeed --hostfile --no_ssh`), whose
+  losses and weights equal those of the same run on one node of two processes.
 """
 
 from __future__ import annotations
@@ -15,7 +17,17 @@ from pathlib import Path
 
 import pytest
 import torch
-from launch import DIST_SCRIPTS, REPO_ROOT, TESTS_DIR, free_port, launch_deepspeed, launch_env
+from launch import (
+    DIST_SCRIPTS,
+    REPO_ROOT,
+    TESTS_DIR,
+    deepspeed_node_command,
+    free_port,
+    launch_deepspeed,
+    launch_env,
+    launch_nodes,
+    torchrun_node_command,
+)
 from train_helpers import (
     LEARNING_RATE,
     LORA_FILES,
@@ -268,6 +280,86 @@ def test_qlora_4bit_under_zero3(tiny, zero3_config, tmp_path):
     assert all(adapter[key].abs().sum() > 0 for key in adapter if "lora_B" in key)  # B starts at zero
     losses = logged_losses(json.loads((output_dir / "trainer_state.json").read_text())["log_history"])
     assert sorted(losses) == [1, 2] and all(loss == loss for loss in losses.values())
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Two nodes on one machine (issue 19): one launcher per node, one process each, against the same run on one node
+
+
+@pytest.fixture(scope="module")
+def zero2_run(tiny, tmp_path_factory):
+    """The 4-step LoRA run under upstream's zero2.json on one node of 2 processes (zero3_run is ZeRO-3's)."""
+    output_dir, dump_dir = tmp_path_factory.mktemp("zero2-lora"), tmp_path_factory.mktemp("zero2-dump")
+    argv = multimodal_flags(tiny, output_dir, deepspeed=REPO_ROOT / "configs" / "zero2.json")
+    launch_deepspeed(
+        DIST_SCRIPTS / "train_and_dump.py", argv, num_procs=NUM_PROCESSES, env={DUMP_DIR_ENV: str(dump_dir)}
+    )
+    return output_dir, torch.load(dump_dir / "gathered.pt", weights_only=True)
+
+
+def _node_commands(launcher: str, argv: list[str], port: int, folder: Path) -> list[list[str]]:
+    script = DIST_SCRIPTS / "train_and_dump.py"
+    if launcher == "torchrun":
+        return [
+            torchrun_node_command(script, argv, nnodes=NUM_PROCESSES, node_rank=node, port=port)
+            for node in range(NUM_PROCESSES)
+        ]
+    hostfile = folder / "hostfile"  # with --no_ssh the names are labels: both nodes are this machine
+    hostfile.write_text("".join(f"node-{node} slots=1\n" for node in range(NUM_PROCESSES)))
+    return [
+        deepspeed_node_command(script, argv, hostfile=hostfile, node_rank=node, port=port)
+        for node in range(NUM_PROCESSES)
+    ]
+
+
+@pytest.mark.parametrize(
+    "stage, launcher, shared_tmp",
+    [("zero2", "torchrun", True), ("zero3", "deepspeed", False)],
+    ids=["zero2-torchrun-shared-tmp", "zero3-deepspeed-hostfile-own-tmp"],
+)
+def test_two_nodes_train_as_one(request, tiny, zero3_config, tmp_path, stage, launcher, shared_tmp):
+    """--nnodes 2, one process per node, --dataloader_num_workers 2: both launchers exit 0, the run's files and
+    checkpoints are complete, finite and load, and the losses, the trained weights and the saved tensors are
+    exactly those of the 2-process run on one node (zero2_run / zero3_run: same flags and data, no workers).
+    With a shared temp folder both nodes' local rank 0 used to build the record store at one path."""
+    reference_dir, reference_gathered = request.getfixturevalue(f"{stage}_run")[:2]
+    config = zero3_config if stage == "zero3" else REPO_ROOT / "configs" / "zero2.json"
+    output_dir, dump_dir = tmp_path / "out", tmp_path / "dump"
+    temps = [tmp_path / ("tmp" if shared_tmp else f"tmp{node}") for node in range(NUM_PROCESSES)]
+    for temp in temps:
+        temp.mkdir(exist_ok=True)
+    argv = multimodal_flags(tiny, output_dir, deepspeed=config, dataloader_num_workers=2)
+    port = free_port()
+    launch_nodes(
+        _node_commands(launcher, argv, port, tmp_path),
+        port,
+        envs=[{DUMP_DIR_ENV: str(dump_dir), "TMPDIR": str(temp)} for temp in temps],
+    )
+
+    assert files_in(output_dir) == LORA_FILES | {"trainer_state.json"}
+    assert checkpoints(output_dir) == ["checkpoint-2", "checkpoint-4"]
+    for checkpoint in checkpoints(output_dir):
+        assert files_in(output_dir / checkpoint) == LORA_FILES | DEEPSPEED_RESUME_FILES, checkpoint
+    for temp in temps:  # each node's store is gone
+        assert not [path.name for path in temp.iterdir() if path.name.startswith("llava-records-")]
+    assert json.loads((dump_dir / "record.json").read_text())["world_size"] == NUM_PROCESSES
+
+    losses = logged_losses(json.loads((output_dir / "trainer_state.json").read_text())["log_history"])
+    reference = logged_losses(json.loads((reference_dir / "trainer_state.json").read_text())["log_history"])
+    assert sorted(losses) == [1, 2, 3, 4] and all(torch.isfinite(torch.tensor(list(losses.values()))))
+    assert losses == reference
+    gathered = torch.load(dump_dir / "gathered.pt", weights_only=True)
+    assert set(gathered) == set(reference_gathered)
+    assert all(torch.equal(gathered[name], reference_gathered[name]) for name in gathered)
+    for directory in (output_dir, output_dir / "checkpoint-2"):
+        for file_name in ("adapter_model.bin", "non_lora_trainables.bin"):
+            saved = load_bin(directory / file_name)
+            expected = load_bin(reference_dir / directory.relative_to(output_dir) / file_name)
+            assert set(saved) == set(expected) and saved, (directory, file_name)
+            for key, value in saved.items():
+                assert value.numel() > 0 and torch.isfinite(value).all(), (directory, key)
+                assert torch.equal(value, expected[key]), (directory, key)
+        _loads_and_merges(directory, tiny.llm)
 
 
 # ----------------------------------------------------------------------------------------------------------------

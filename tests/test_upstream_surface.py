@@ -20,10 +20,7 @@ pytestmark = pytest.mark.upstream
 
 PACKAGE = "llava"
 
-# The web UI of the serving work (issue 16): the lead deletes this group after merging it.
-SERVING = "served by the serving work (issue 16)"
-SERVED_ELSEWHERE = {"llava.serve.gradio_web_server": SERVING}
-# Everything else that is not here, and why.
+# What is not here, and why.
 EXCLUDED = {
     "llava.serve.model_worker.global_counter": (
         "upstream's module-global request counter; it is ModelWorker.global_counter (docs/upstream_differences.md #29)"
@@ -43,6 +40,17 @@ EXCLUDED = {
         "the attention body it patched into transformers 4.3x's LlamaAttention; transformers' own attention "
         "implementations replace it (docs/upstream_differences.md #23)"
     ),
+    **{
+        f"llava.serve.gradio_web_server.{name}": (
+            "a method of gradio_web_server.WebUI: upstream's handlers read the command line's global args and models "
+            "(docs/upstream_differences.md #30)"
+        )
+        for name in ("add_text", "http_bot", "load_demo", "load_demo_refresh_model_list")
+    },
+    "llava.serve.gradio_web_server.get_window_url_params": (
+        "the page script upstream read ?model= with; gradio 6 hands the handler the request's query parameters "
+        "(docs/upstream_differences.md #30)"
+    ),
 }
 # Modules that exist here but whose contents are upstream's alone, and why.
 CONTENTS_EXCLUDED = {
@@ -56,11 +64,7 @@ def _excluded(dotted: str) -> str | None:
     """The reason ``dotted`` (a module or ``module.name``) is not checked, if it is not."""
     if dotted in EXCLUDED:
         return EXCLUDED[dotted]
-    if dotted.rpartition(".")[0] in CONTENTS_EXCLUDED:
-        return CONTENTS_EXCLUDED[dotted.rpartition(".")[0]]
-    return next(
-        (why for prefix, why in SERVED_ELSEWHERE.items() if dotted == prefix or dotted.startswith(prefix + ".")), None
-    )
+    return CONTENTS_EXCLUDED.get(dotted.rpartition(".")[0])
 
 
 @dataclass

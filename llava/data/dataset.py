@@ -21,18 +21,16 @@ from torch.utils.data import Dataset
 from llava import conversation as conversation_lib
 from llava.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
 from llava.conversation import Conversation
+from llava.data.packing import PACKING_STATS_KEY, PackingConfig, pack_rows
 from llava.data.preprocess import preprocess, preprocess_multimodal
 from llava.data.records import load_records
 from llava.data.store import RecordStore, record_lengths
 from llava.data.validation import Report, check_records, sample_id
-from llava.data.vision import VisionSetup, vision_setup
+from llava.data.vision import ANYRES, VisionSetup, anyres_problems, vision_setup
 from llava.mm_utils import process_images
 from llava.utils import one_torch_thread
 
 logger = logging.getLogger(__name__)
-
-# The packed batch's counts for the trainer's log (see DataCollatorForSupervisedDataset.pack); not a model input.
-PACKING_STATS_KEY = "packing_stats"
 
 
 class LazySupervisedDataset(Dataset):
@@ -93,8 +91,9 @@ class LazySupervisedDataset(Dataset):
 
     def _check_settings(self) -> None:
         vision = self.vision
-        if vision is not None and vision.image_aspect_ratio == "anyres" and not vision.image_grid_pinpoints:
-            raise ValueError("--image_aspect_ratio anyres needs --image_grid_pinpoints, e.g. '[[336,672],[672,336]]'")
+        problems = [] if vision is None else anyres_problems(vision.image_aspect_ratio, vision.image_grid_pinpoints)
+        if problems:
+            raise ValueError(" ".join(problems))
 
     def _scan(self, checked: bool) -> tuple[list[int], list[int]]:
         """Validate every record (the checks `python -m llava.data.check` makes; skipped when the caller already
@@ -181,16 +180,12 @@ class LazySupervisedDataset(Dataset):
 class DataCollatorForSupervisedDataset:
     """Pad and truncate a list of samples into a batch (upstream's collator, plus ``image_sizes`` for anyres).
 
-    With ``packing`` (``--packing``) the samples are packed instead, see :meth:`pack`; ``image_feature_length`` is
-    then the number of features the model splices in per image token (the vision tower's patches, 576 for CLIP
-    ViT-L/14-336), so that rows are filled by their length as the language model sees them, and
-    ``attention_cost`` weighs the row width against the padding saved (:func:`packing_attention_cost`).
+    With ``packing`` (``--packing``: a :class:`~llava.data.packing.PackingConfig`) the samples are packed instead,
+    see :meth:`pack`.
     """
 
     tokenizer: Any
-    packing: bool = False
-    image_feature_length: int | None = None
-    attention_cost: float = 0.0  # per position and row width; see _pack_rows
+    packing: PackingConfig | None = None
 
     def __call__(self, instances: Sequence[dict]) -> dict[str, Any]:
         pad_id = self.tokenizer.pad_token_id
@@ -198,7 +193,7 @@ class DataCollatorForSupervisedDataset:
             raise ValueError("the tokenizer has no pad token; set tokenizer.pad_token (LLaVA uses the unk token)")
         # One thread: see llava.utils.one_torch_thread (on 2 busy cores this halved the time per sample).
         with one_torch_thread():
-            return self.pack(instances, pad_id) if self.packing else self.pad(instances, pad_id)
+            return self.pad(instances, pad_id) if self.packing is None else self.pack(instances, pad_id)
 
     def pad(self, instances: Sequence[dict], pad_id: int) -> dict[str, Any]:
         """Upstream's batch: samples right-padded to the longest (truncated to ``tokenizer.model_max_length``)."""
@@ -225,7 +220,7 @@ class DataCollatorForSupervisedDataset:
     def pack(self, instances: Sequence[dict], pad_id: int) -> dict[str, Any]:
         """Padding-free batch: the samples go into rows of at most ``tokenizer.model_max_length`` tokens, counted
         after image features are spliced in, one after the other, as many rows as cost least (see
-        :func:`_pack_rows`).
+        :func:`~llava.data.packing.pack_rows`).
 
         As transformers' ``DataCollatorWithFlattening``: ``position_ids`` restart at 0 for every sample and there is
         no ``attention_mask``, which is how transformers recognises packed rows and keeps attention inside each
@@ -237,15 +232,18 @@ class DataCollatorForSupervisedDataset:
         ``packing_stats`` (for the trainer's log, not the model): real tokens after the splice, positions the rows
         take after the splice, real text tokens, samples with no supervised token.
         """
+        config = self.packing
+        if "image_size" in instances[0]:
+            raise ValueError(config.problem(ANYRES))
         limit = self.tokenizer.model_max_length
         input_ids = [instance["input_ids"][:limit] for instance in instances]
         labels = [instance["labels"][:limit] for instance in instances]
         image_tokens = [int((ids == IMAGE_TOKEN_INDEX).sum()) for ids in input_ids]
-        if any(image_tokens) and self.image_feature_length is None:
+        if any(image_tokens) and config.image_feature_length is None:
             raise ValueError("packing samples with images needs image_feature_length (features per image token)")
-        per_image = (self.image_feature_length or 1) - 1
+        per_image = (config.image_feature_length or 1) - 1
         lengths = [min(len(ids) + count * per_image, limit) for ids, count in zip(input_ids, image_tokens)]
-        rows = _pack_rows(lengths, limit, self.attention_cost)
+        rows = pack_rows(lengths, limit, config.attention_cost)
 
         width = max(sum(len(input_ids[i]) for i in row) for row in rows)
         batch_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
@@ -260,8 +258,6 @@ class DataCollatorForSupervisedDataset:
                 positions[r, offset : offset + n] = torch.arange(n)
                 offset += n
         batch: dict[str, Any] = dict(input_ids=batch_ids, labels=batch_labels, position_ids=positions)
-        if "image_size" in instances[0]:
-            raise ValueError("--packing does not support anyres images (their feature count varies per image)")
         if "image" in instances[0]:
             order = [i for row in rows for i in row]
             images = [instances[i]["image"] for i in order if image_tokens[i]]
@@ -276,61 +272,41 @@ class DataCollatorForSupervisedDataset:
         return batch
 
 
-def _pack_rows(lengths: Sequence[int], capacity: int, attention_cost: float = 0.0) -> list[list[int]]:
-    """Sample indices grouped into rows whose lengths sum to at most ``capacity``; within a row, samples keep their
-    batch order.
-
-    Every row is padded to the longest, so a layout of R rows of width W costs R * W positions; with a dense mask
-    (SDPA, eager) each position also attends over the whole row, about ``attention_cost * W`` more (W / (6 *
-    hidden size) for a Llama layer; 0 for flash-attention's varlen kernel, which pays per sample). For each row
-    count the samples are balanced longest first into the row that holds the least so far, and the cheapest
-    layout is kept: with one row per sample that is the padded batch, so packing never costs more than padding.
-    """
-    by_length = sorted(range(len(lengths)), key=lambda i: -lengths[i])
-    best, best_cost = None, float("inf")
-    for count in range(1, len(lengths) + 1):
-        rows: list[list[int]] = [[] for _ in range(count)]
-        load = [0] * count
-        for index in by_length:
-            r = load.index(min(load))
-            if load[r] + lengths[index] > capacity:
-                break
-            rows[r].append(index)
-            load[r] += lengths[index]
-        else:
-            width = max(load)
-            cost = count * width * (1 + attention_cost * width)
-            if cost < best_cost:
-                best, best_cost = rows, cost
-    if best is None:  # a sample longer than a row: only one per row fits (the splice truncates it, as unpacked)
-        best = [[index] for index in range(len(lengths))]
-    return [sorted(row) for row in best if row]
-
-
-def packing_attention_cost(hidden_size: int, attn_implementation: str | None) -> float:
-    """What attending over one more position of its row costs a position, relative to the rest of its work: a Llama
-    layer spends about 24 * hidden**2 FLOPs per position on its linear layers and 4 * width * hidden on attention
-    with a dense mask. Flash-attention's varlen kernel attends within each sample only: 0."""
-    if str(attn_implementation or "").startswith("flash"):
-        return 0.0
-    return 1.0 / (6 * hidden_size)
-
-
 def make_supervised_data_module(
-    tokenizer, data_args, eval_records: Sequence[dict] | None = None, *, packing: dict | None = None, **dataset_kwargs
+    tokenizer,
+    data_args,
+    eval_records: Sequence[dict] | None = None,
+    *,
+    vision: VisionSetup | None = None,
+    image_processor=None,
+    mm_use_im_start_end: bool | None = None,
+    image_grid_pinpoints: str | list | None = None,
+    conv: Conversation | None = None,
+    records: Sequence[dict] | None = None,
+    checked: bool = False,
+    packing: PackingConfig | None = None,
 ) -> dict:
-    """Datasets and collator for supervised fine-tuning; ``dataset_kwargs`` go to :class:`LazySupervisedDataset`.
+    """Datasets and collator for supervised fine-tuning (upstream's function; the keyword arguments are ours).
 
-    ``eval_records`` (already checked; from ``--eval_data_path`` or held out of ``--data_path``) become the
-    evaluation dataset; without them there is none, as upstream. ``packing`` (``image_feature_length``,
-    ``attention_cost``) turns the collator's packing on (``--packing``).
+    ``records`` and the other keyword arguments but ``packing`` are :class:`LazySupervisedDataset`'s. ``eval_records``
+    (already checked; from ``--eval_data_path`` or held out of ``--data_path``) become the evaluation dataset;
+    without them there is none, as upstream. ``packing`` turns the collator's packing on (``--packing``).
     """
-    train_dataset = LazySupervisedDataset(data_args.data_path, tokenizer, data_args, **dataset_kwargs)
+    options = dict(
+        vision=vision_setup(
+            data_args,
+            vision,
+            image_processor=image_processor,
+            mm_use_im_start_end=mm_use_im_start_end,
+            image_grid_pinpoints=image_grid_pinpoints,
+        ),
+        conv=conv,
+        checked=checked,
+    )
+    train_dataset = LazySupervisedDataset(data_args.data_path, tokenizer, data_args, records=records, **options)
     eval_dataset = None
     if eval_records is not None:
         source = getattr(data_args, "eval_data_path", None) or data_args.data_path
-        eval_dataset = LazySupervisedDataset(
-            source, tokenizer, data_args, **{**dataset_kwargs, "records": eval_records}
-        )
-    collator = DataCollatorForSupervisedDataset(tokenizer=tokenizer, packing=packing is not None, **(packing or {}))
+        eval_dataset = LazySupervisedDataset(source, tokenizer, data_args, records=eval_records, **options)
+    collator = DataCollatorForSupervisedDataset(tokenizer=tokenizer, packing=packing)
     return dict(train_dataset=train_dataset, eval_dataset=eval_dataset, data_collator=collator)

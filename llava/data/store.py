@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 
 from llava.data.records import record_sources
-from llava.distributed.state import gather_objects
+from llava.distributed.state import gather_objects, get_node_rank
 
 logger = logging.getLogger(__name__)
 
@@ -227,8 +227,9 @@ def load_store(data_path: str | os.PathLike, *, local_rank: int | None = None) -
     """The records of ``data_path`` in a :class:`RecordStore`, read once per node.
 
     In a distributed job, local rank 0 of each node reads the file and writes the store into a directory named for
-    this job (a token from rank 0), this node and this data file; the other ranks wait for it, then map it; once all
-    have, local rank 0 removes the directory. A failure on the builder (a missing or malformed file) is raised on
+    this job (a token from rank 0), this node (host name and node rank: nodes that share a temp folder, such as
+    several launchers on one machine or a shared ``/tmp``, each build their own) and this data file; the other ranks
+    wait for it, then map it; once all have, local rank 0 removes the directory. A failure on the builder (a missing or malformed file) is raised on
     every rank with the builder's message, so no rank waits for a store that never comes. Without
     ``torch.distributed`` (or a world of 1), or without ``LOCAL_RANK`` from the launcher, each process builds and
     maps its own store.
@@ -242,7 +243,7 @@ def load_store(data_path: str | os.PathLike, *, local_rank: int | None = None) -
     token = [secrets.token_hex(8) if dist.get_rank() == 0 else None]
     dist.broadcast_object_list(token, src=0)
     tag = hashlib.sha1(str(Path(data_path).resolve()).encode()).hexdigest()[:12]
-    name = f"{STORE_PREFIX}{token[0]}-{socket.gethostname()}-{tag}"
+    name = f"{STORE_PREFIX}{token[0]}-{socket.gethostname()}-node{get_node_rank()}-{tag}"
     if local_rank is None:  # no launcher said which processes share a node: each builds its own store
         name += f"-rank{dist.get_rank()}"
     directory = Path(tempfile.gettempdir()) / name

@@ -14,6 +14,30 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from llava.mm_utils import parse_grid_pinpoints
+
+ANYRES = "anyres"
+
+
+def anyres_problems(image_aspect_ratio: str | None, image_grid_pinpoints) -> list[str]:
+    """What is wrong with these anyres settings (empty when nothing): the one definition of the rules, which the
+    flag check (`llava.train.arguments`) reports before anything loads and a dataset raises on.
+
+    anyres needs candidate resolutions, and candidate resolutions (also given without anyres) must be a list of
+    ``[width, height]`` pairs."""
+    problems = []
+    if image_aspect_ratio == ANYRES and not image_grid_pinpoints:
+        problems.append(
+            "--image_aspect_ratio anyres needs --image_grid_pinpoints (candidate resolutions), "
+            "e.g. '[[336,672],[672,336]]'."
+        )
+    elif image_grid_pinpoints is not None and parse_grid_pinpoints(image_grid_pinpoints) is None:
+        problems.append(
+            f"--image_grid_pinpoints {image_grid_pinpoints!r} is not a list of [width, height] pairs, "
+            "e.g. '[[336,672],[672,336],[672,672]]'."
+        )
+    return problems
+
 
 @dataclass(frozen=True)
 class VisionSetup:

@@ -44,6 +44,8 @@ CPU_TRAINING_ARGS: dict[str, Any] = {
 # `python train.py --deepspeed ...` on CPU gets the one-process equivalent.
 _LAUNCHER_ENV = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 _LOCALHOST = "127.0.0.1"
+# What a launcher exports for the index of the node a worker runs on: torchrun, then DeepSpeed's launcher.
+_NODE_RANK_ENV = ("GROUP_RANK", "CROSS_RANK")
 
 
 def init_distributed_state(deepspeed_config: str | Mapping[str, Any] | None) -> dict[str, Any]:
@@ -203,6 +205,22 @@ def get_world_size() -> int:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return torch.distributed.get_world_size()
     return int(os.environ.get("WORLD_SIZE", 1))
+
+
+def get_node_rank() -> int:
+    """Index of this process's node in the job, as the launcher tells it: torchrun exports ``GROUP_RANK``,
+    DeepSpeed's launcher (with or without ssh) ``CROSS_RANK``. A launcher that exports neither (``accelerate launch``,
+    a hand-rolled one) gets the global rank of the node's first process, ``RANK - LOCAL_RANK``: unique per node, as
+    every launcher gives the processes of a node consecutive ranks. 0 outside a distributed job.
+
+    Per-node resources (the record store of `llava.data.store`) are named after it, so nodes whose temp folders are
+    the same folder (one machine running several launchers, or a shared ``/tmp``) never collide."""
+    for name in _NODE_RANK_ENV:
+        if os.environ.get(name, "").isdigit():
+            return int(os.environ[name])
+    if "LOCAL_RANK" in os.environ:
+        return get_rank() - int(os.environ["LOCAL_RANK"])
+    return 0
 
 
 def is_main_process() -> bool:

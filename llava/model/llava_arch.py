@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
@@ -271,98 +272,35 @@ class LlavaMetaForCausalLM(ABC):
         return flat, position_ids.reshape(1, -1), labels.reshape(1, -1) if labels is not None else None
 
     def _splice(self, input_ids, attention_mask, labels, features, padding_side=None, packed_position_ids=None):
-        """The vectorised splice. With ``packed_position_ids`` (a packed batch, see :func:`is_packed_batch`), rows
-        hold several samples: image tokens take the images in order with no placeholder per row, row padding
-        (position -1) is dropped, and the output position ids restart at every sample, so that transformers' mask
-        (or flash-attention's varlen split) keeps attention inside each sample."""
-        device = input_ids.device
-        batch, length = input_ids.shape
+        """The vectorised splice, in three steps: where everything goes (:func:`splice_layout`, position arithmetic
+        only), the writes of text embeddings, image features and labels there (:func:`write_embeddings`,
+        :func:`place_labels`), and the output position ids.
+
+        With ``packed_position_ids`` (a packed batch, see :func:`is_packed_batch`), rows hold several samples: image
+        tokens take the images in order with no placeholder per row, row padding (position -1) is dropped, and the
+        output position ids restart at every sample (:func:`packed_positions`), so that transformers' mask (or
+        flash-attention's varlen split) keeps attention inside each sample."""
         packed = packed_position_ids is not None
         if packed:
             keep = packed_position_ids >= 0
+        elif attention_mask is not None:
+            keep = attention_mask.bool()
         else:
-            keep = attention_mask.bool() if attention_mask is not None else torch.ones_like(input_ids, dtype=torch.bool)
-        is_image = (input_ids == IMAGE_TOKEN_INDEX) & keep
-        flat, image_of_row, offset_in_image, feature_lengths = _flatten_features(features, device)
-        num_images = feature_lengths.shape[0]
-
-        # Which image each image token takes: images are consumed in order, a sample without image tokens
-        # consumes one (upstream's convention for the zero image of text-only samples). Packed rows hold many
-        # samples: there the collator puts the images of image tokens first, in order, and the placeholders last.
-        images_per_sample = is_image.sum(dim=1)
-        consumed = images_per_sample if packed else images_per_sample.clamp(min=1)
-        first_image = torch.cumsum(consumed, dim=0) - consumed
-        image_index = torch.where(is_image, first_image[:, None] + torch.cumsum(is_image, dim=1) - 1, 0)
-
-        # Output length of every input position, and where it starts in its (unpadded) output row.
-        token_length = torch.where(
-            is_image, feature_lengths[image_index.clamp(max=max(num_images - 1, 0))], keep.long()
-        )
-        start = torch.cumsum(token_length, dim=1) - token_length
-        row_length = token_length.sum(dim=1)
-        max_length = getattr(self.config, "tokenizer_model_max_length", None)
-        if max_length is not None:
-            row_length = row_length.clamp(max=max_length)
-
-        # The one host synchronisation: the batch's output length (and the images it needs, for a clear error).
-        out_length, images_needed = torch.stack([row_length.max(), consumed.sum()]).tolist()
-        if images_needed > num_images:
-            raise ValueError(
-                f"The batch needs {images_needed} images ({int(is_image.sum())} image tokens; a sample without an "
-                f"image token takes one placeholder image) but {num_images} were given."
-            )
-
+            keep = torch.ones_like(input_ids, dtype=torch.bool)
         if padding_side is None:
             padding_side = getattr(self.config, "tokenizer_padding_side", "right")
-        left_padded = not packed and padding_side == "left"
-        shift = (out_length - row_length) if left_padded else torch.zeros_like(row_length)
-        trash = out_length  # an extra column that collects everything not written to the output; sliced off
-
-        is_text = keep & ~is_image & (start < row_length[:, None])
-        text_destination = torch.where(is_text, start + shift[:, None], trash)
-        token_ids = torch.zeros(batch, out_length + 1, dtype=input_ids.dtype, device=device)
-        token_ids.scatter_(1, text_destination, input_ids.clamp(min=0))
-        embeds = self.get_model().embed_tokens(token_ids)
-
-        # Where each image starts (row, unshifted offset); images no token refers to stay out of range.
-        slot = torch.where(is_image, image_index, num_images).flatten()
-        image_row = torch.zeros(num_images + 1, dtype=torch.long, device=device)
-        image_row.scatter_(0, slot, torch.arange(batch, device=device).repeat_interleave(length))
-        image_start = torch.full((num_images + 1,), torch.iinfo(torch.long).max // 2, device=device)
-        image_start.scatter_(0, slot, start.flatten())
-        rows = image_row[image_of_row]
-        position = image_start[image_of_row] + offset_in_image
-        inside = position < row_length[rows]
-        columns = torch.where(inside, position + shift[rows], trash)
-        values = flat.to(device=embeds.device, dtype=embeds.dtype)
-        if embeds.is_leaf and embeds.requires_grad:
-            # enable_input_require_grads() made the embedding output a leaf: no in-place writes allowed.
-            embeds = embeds.index_put((rows, columns), values)
-        else:
-            embeds.index_put_((rows, columns), values)
-        embeds = embeds[:, :out_length]
-
-        new_labels = None
-        if labels is not None:
-            new_labels = torch.full((batch, out_length + 1), IGNORE_INDEX, dtype=labels.dtype, device=device)
-            new_labels.scatter_(1, text_destination, labels)
-            new_labels = new_labels[:, :out_length]
-
-        columns_out = torch.arange(out_length, device=device)[None, :]
-        new_mask = (columns_out >= shift[:, None]) & (columns_out < (shift + row_length)[:, None])
-        if not packed:
-            new_positions = torch.where(new_mask, columns_out - shift[:, None], 0)
-            return embeds, new_labels, new_mask, new_positions
-        # A sample starts where its first token (position 0) lands; the padding after a row's samples is a
-        # segment of its own. Each output position counts from the start of its segment.
-        starts = (packed_position_ids == 0) & keep & (start < row_length[:, None])
-        segment_start = torch.zeros(batch, out_length + 1, dtype=torch.bool, device=device)
-        segment_start.scatter_(1, torch.where(starts, start, trash), True)
-        segment_start.scatter_(1, row_length[:, None], True)
-        segment_start = segment_start[:, :out_length]
-        segment_start[:, 0] = True
-        first_column = torch.cummax(torch.where(segment_start, columns_out, 0), dim=1).values
-        return embeds, new_labels, new_mask, columns_out - first_column
+        flat, image_of_row, offset_in_image, feature_lengths = _flatten_features(features, input_ids.device)
+        layout = splice_layout(
+            input_ids, keep, feature_lengths, image_of_row, offset_in_image,
+            placeholder_per_text_sample=not packed,
+            left_padded=not packed and padding_side == "left",
+            max_length=getattr(self.config, "tokenizer_model_max_length", None),
+        )  # fmt: skip
+        embeds = write_embeddings(self.get_model().embed_tokens, input_ids, flat, layout)
+        new_labels = None if labels is None else place_labels(labels, layout)
+        new_mask = layout.attention_mask()
+        positions = packed_positions(layout, packed_position_ids) if packed else layout.padded_positions()
+        return embeds, new_labels, new_mask, positions
 
     # ------------------------------------------------------------------------------------------------------------
     # Tokenizer
@@ -451,7 +389,7 @@ def image_feature_length(model) -> int | None:
 
 
 def is_packed_batch(position_ids, attention_mask) -> bool:
-    """Whether a batch is packed (several samples per row, ``DataCollatorForSupervisedDataset(packing=True)``).
+    """Whether a batch is packed (several samples per row, ``DataCollatorForSupervisedDataset(packing=PackingConfig(...))``).
 
     transformers' own convention: position ids and no attention mask. The ids restart at 0 for every sample and are
     -1 on row padding; transformers then keeps attention inside each sample (SDPA and eager build a block-diagonal
@@ -472,6 +410,138 @@ def _unpad_packed_rows(input_ids, position_ids, labels):
     if labels is not None:
         labels = labels.masked_fill(padding, IGNORE_INDEX)
     return position_ids, labels
+
+
+@dataclass(frozen=True)
+class SpliceLayout:
+    """Where the splice puts every input position and every image feature row (see :func:`splice_layout`).
+
+    Output rows are ``out_length`` wide; column ``out_length`` (one past the end) is a trash column that collects
+    what is not written (masked positions, image tokens, what truncation cuts) and is sliced off."""
+
+    start: torch.Tensor  # (batch, length) offset in its unpadded output row where each input position starts
+    row_length: torch.Tensor  # (batch,) output length of each row, after truncation
+    shift: torch.Tensor  # (batch,) columns of left padding before each row
+    out_length: int
+    text_columns: torch.Tensor  # (batch, length) output column of each text token, the trash column for the rest
+    image_rows: torch.Tensor  # (feature rows,) output row of each image feature row
+    image_columns: torch.Tensor  # (feature rows,) its output column, the trash column where it is cut or unused
+
+    def columns(self) -> torch.Tensor:
+        return torch.arange(self.out_length, device=self.row_length.device)[None, :]
+
+    def attention_mask(self) -> torch.Tensor:
+        """(batch, out_length) True over each row's tokens, False over its padding."""
+        columns = self.columns()
+        return (columns >= self.shift[:, None]) & (columns < (self.shift + self.row_length)[:, None])
+
+    def padded_positions(self) -> torch.Tensor:
+        """Position ids of one sample per row: 0, 1, ... from the row's first token, 0 over padding."""
+        return torch.where(self.attention_mask(), self.columns() - self.shift[:, None], 0)
+
+
+def splice_layout(
+    input_ids: torch.Tensor,
+    keep: torch.Tensor,
+    feature_lengths: torch.Tensor,
+    image_of_row: torch.Tensor,
+    offset_in_image: torch.Tensor,
+    *,
+    placeholder_per_text_sample: bool,
+    left_padded: bool,
+    max_length: int | None,
+) -> SpliceLayout:
+    """The splice's position arithmetic: which image each image token takes, the output length of every input
+    position, each row's output length (cut at ``max_length``), and so each text token's and each image feature
+    row's output place. Reads no embedding; the one host synchronisation is the batch's output length.
+
+    ``keep`` marks the input positions that are tokens (not padding). Images are consumed in order; with
+    ``placeholder_per_text_sample`` (one sample per row) a row without image tokens consumes one (upstream's
+    convention for the zero image of text-only samples); packed rows hold many samples, and there the collator puts
+    the images of image tokens first, in order, and the placeholders last."""
+    batch, length = input_ids.shape
+    device = input_ids.device
+    num_images = feature_lengths.shape[0]
+    is_image = (input_ids == IMAGE_TOKEN_INDEX) & keep
+
+    images_per_sample = is_image.sum(dim=1)
+    consumed = images_per_sample.clamp(min=1) if placeholder_per_text_sample else images_per_sample
+    first_image = torch.cumsum(consumed, dim=0) - consumed
+    image_index = torch.where(is_image, first_image[:, None] + torch.cumsum(is_image, dim=1) - 1, 0)
+
+    token_length = torch.where(is_image, feature_lengths[image_index.clamp(max=max(num_images - 1, 0))], keep.long())
+    start = torch.cumsum(token_length, dim=1) - token_length
+    row_length = token_length.sum(dim=1)
+    if max_length is not None:
+        row_length = row_length.clamp(max=max_length)
+
+    out_length, images_needed = torch.stack([row_length.max(), consumed.sum()]).tolist()
+    if images_needed > num_images:
+        raise ValueError(
+            f"The batch needs {images_needed} images ({int(is_image.sum())} image tokens; a sample without an "
+            f"image token takes one placeholder image) but {num_images} were given."
+        )
+    shift = (out_length - row_length) if left_padded else torch.zeros_like(row_length)
+    trash = out_length
+
+    is_text = keep & ~is_image & (start < row_length[:, None])
+    text_columns = torch.where(is_text, start + shift[:, None], trash)
+
+    # Where each image starts (row, unshifted offset); images no token refers to stay out of range.
+    slot = torch.where(is_image, image_index, num_images).flatten()
+    image_row = torch.zeros(num_images + 1, dtype=torch.long, device=device)
+    image_row.scatter_(0, slot, torch.arange(batch, device=device).repeat_interleave(length))
+    image_start = torch.full((num_images + 1,), torch.iinfo(torch.long).max // 2, device=device)
+    image_start.scatter_(0, slot, start.flatten())
+    rows = image_row[image_of_row]
+    position = image_start[image_of_row] + offset_in_image
+    columns = torch.where(position < row_length[rows], position + shift[rows], trash)
+    return SpliceLayout(start, row_length, shift, out_length, text_columns, rows, columns)
+
+
+def write_embeddings(
+    embed_tokens: nn.Module, input_ids: torch.Tensor, flat_features: torch.Tensor, layout: SpliceLayout
+) -> torch.Tensor:
+    """The spliced embeddings: all text tokens of the batch through ONE embedding call, straight into their output
+    columns, then the image feature rows written into theirs with one indexed copy."""
+    batch = input_ids.shape[0]
+    token_ids = torch.zeros(batch, layout.out_length + 1, dtype=input_ids.dtype, device=input_ids.device)
+    token_ids.scatter_(1, layout.text_columns, input_ids.clamp(min=0))
+    embeds = embed_tokens(token_ids)
+    values = flat_features.to(device=embeds.device, dtype=embeds.dtype)
+    if embeds.is_leaf and embeds.requires_grad:
+        # enable_input_require_grads() made the embedding output a leaf: no in-place writes allowed.
+        embeds = embeds.index_put((layout.image_rows, layout.image_columns), values)
+    else:
+        embeds.index_put_((layout.image_rows, layout.image_columns), values)
+    return embeds[:, : layout.out_length]
+
+
+def place_labels(labels: torch.Tensor, layout: SpliceLayout) -> torch.Tensor:
+    """The labels in the spliced layout: each text token's label in its column, ``IGNORE_INDEX`` elsewhere (image
+    features, padding)."""
+    batch = labels.shape[0]
+    placed = torch.full((batch, layout.out_length + 1), IGNORE_INDEX, dtype=labels.dtype, device=labels.device)
+    placed.scatter_(1, layout.text_columns, labels)
+    return placed[:, : layout.out_length]
+
+
+def packed_positions(layout: SpliceLayout, packed_position_ids: torch.Tensor) -> torch.Tensor:
+    """Output position ids of packed rows: a sample starts where its first token (input position 0) lands; the
+    padding after a row's samples is a segment of its own. Each output position counts from the start of its
+    segment."""
+    batch = packed_position_ids.shape[0]
+    trash = layout.out_length
+    keep = packed_position_ids >= 0
+    starts = (packed_position_ids == 0) & keep & (layout.start < layout.row_length[:, None])
+    segment_start = torch.zeros(batch, trash + 1, dtype=torch.bool, device=packed_position_ids.device)
+    segment_start.scatter_(1, torch.where(starts, layout.start, trash), True)
+    segment_start.scatter_(1, layout.row_length[:, None], True)
+    segment_start = segment_start[:, :trash]
+    segment_start[:, 0] = True
+    columns = layout.columns()
+    first_column = torch.cummax(torch.where(segment_start, columns, 0), dim=1).values
+    return columns - first_column
 
 
 def _flatten_features(features, device):

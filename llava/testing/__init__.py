@@ -7,7 +7,8 @@ seed: the same seed gives the same bytes, so a build can be cached and compared.
 - :mod:`llava.testing.sizes`: the shapes;
 - :mod:`llava.testing.models`: tokenizer, tower, LM, projector and LLaVA checkpoint;
 - :mod:`llava.testing.data`: images and conversations;
-- :mod:`llava.testing.build`: everything at once (:func:`build_all`) and the ``llava-tiny`` command;
+- :mod:`llava.testing.build`: everything at once (:func:`build_all`);
+- :mod:`llava.testing.cli`: the ``llava-tiny`` command (the build, and a hub cache on request);
 - :mod:`llava.testing.hub`: the same models in a Hugging Face cache under the released repo ids;
 - :mod:`llava.testing.families`: the Mistral family (a Mistral-Instruct-like LM, a LLaVA-1.6-Mistral release).
 """

@@ -1,3 +1,3 @@
-from llava.testing.build import main
+from llava.testing.cli import main
 
 main()

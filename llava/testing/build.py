@@ -14,7 +14,6 @@ Command line: ``python -m llava.testing ROOT`` (or ``llava-tiny ROOT``; ``--hub-
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import tempfile
@@ -88,30 +87,3 @@ def _build_parts(root: Path, paths: TinyPaths, seed: int) -> None:
     build_pretrain(paths.pretrain, paths.llm, paths.vision_tower, seed)
     build_llava(paths.llava, paths.llm, paths.vision_tower, seed)
     build_dataset(paths.data.parent, seed=seed)
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="llava-tiny", description="Build tiny offline stand-ins for LLaVA-1.5's parts and data."
-    )
-    parser.add_argument("root", help="directory to build into (reused when already built with the same seed)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument(
-        "--hub-cache",
-        metavar="HF_HOME",
-        default=None,
-        help="also write a Hugging Face cache holding the models under the released repo ids",
-    )
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    paths = build_all(args.root, seed=args.seed)
-    for field, value in paths.__dict__.items():
-        print(f"{field:>13}: {value}")
-    if args.hub_cache:
-        from llava.testing.hub import build_hub_cache
-
-        print(f"{'hub cache':>13}: {build_hub_cache(args.hub_cache, paths)} (HF_HOME={args.hub_cache})")
-
-
-if __name__ == "__main__":
-    main()

@@ -10,7 +10,6 @@ raises once, before any model is loaded.
 
 from __future__ import annotations
 
-import ast
 import importlib.util
 import json
 import logging
@@ -19,12 +18,14 @@ import re
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Optional, get_args
+from typing import Literal, Optional, Union, get_args, get_origin, get_type_hints
 
 import torch
 import transformers
 from transformers.trainer_pt_utils import AcceleratorConfig
 
+from llava.data.packing import PackingConfig
+from llava.data.vision import anyres_problems
 from llava.distributed.zero3 import LoraBias
 
 logger = logging.getLogger(__name__)
@@ -34,10 +35,6 @@ QuantBits = Literal[4, 8, 16]
 QuantType = Literal["fp4", "nf4"]
 VisionSelectFeature = Literal["patch", "cls_patch"]
 PatchMergeType = Literal["flat", "spatial", "spatial_unpad"]
-# The fields typed with those choices; `validate_args` checks each of them.
-LITERAL_FIELDS = frozenset(
-    {"image_aspect_ratio", "lora_bias", "bits", "quant_type", "mm_vision_select_feature", "mm_patch_merge_type"}
-)
 # peft's init_lora_weights values offered here (peft's names; 'true' is its default, True).
 INIT_LORA_WEIGHTS_PATTERN = re.compile(r"true|gaussian|pissa|pissa_niter_\d+|olora")
 # Projector names understood by llava.model.multimodal_projector.builder.build_vision_projector.
@@ -371,10 +368,31 @@ def parse_args(
     Pure: nothing but the three objects is created (no process group, no environment variables); the process state
     comes with `TrainingArguments.setup_distributed`.
     """
-    parser = _ArgumentParser((ModelArguments, DataArguments, TrainingArguments))
+    parser = _ArgumentParser(ARGUMENT_CLASSES)
     model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=None if argv is None else list(argv))
     validate_args(model_args, data_args, training_args)
     return model_args, data_args, training_args
+
+
+def literal_choices(cls: type) -> dict[str, tuple]:
+    """The fields that ``cls`` itself declares with a ``Literal`` type (``Optional[Literal[...]]`` too), each with
+    its choices, in declaration order: read from the annotations, so a new such field is checked without a list
+    to keep."""
+    own = vars(cls).get("__annotations__", {})
+    hints = get_type_hints(cls)
+    choices = {}
+    for name in own:
+        hint = hints[name]
+        if get_origin(hint) is Union:
+            hint = next((arg for arg in get_args(hint) if get_origin(arg) is Literal), hint)
+        if get_origin(hint) is Literal:
+            choices[name] = get_args(hint)
+    return choices
+
+
+ARGUMENT_CLASSES = (ModelArguments, DataArguments, TrainingArguments)
+# The fields typed with choices; `validate_args` checks each of them (their order: the classes', then the fields').
+LITERAL_FIELDS = frozenset(name for cls in ARGUMENT_CLASSES for name in literal_choices(cls))
 
 
 class _ArgumentParser(transformers.HfArgumentParser):
@@ -417,12 +435,9 @@ def _check_choices(model_args: ModelArguments, data_args: DataArguments, trainin
     from llava.conversation import VERSIONS_WITH_DEFAULT_TEMPLATE, conv_templates
 
     problems = [
-        _not_one_of("--bits", training_args.bits, get_args(QuantBits)),
-        _not_one_of("--quant_type", training_args.quant_type, get_args(QuantType)),
-        _not_one_of("--lora_bias", training_args.lora_bias, get_args(LoraBias)),
-        _not_one_of("--image_aspect_ratio", data_args.image_aspect_ratio, get_args(ImageAspectRatio)),
-        _not_one_of("--mm_vision_select_feature", model_args.mm_vision_select_feature, get_args(VisionSelectFeature)),
-        _not_one_of("--mm_patch_merge_type", model_args.mm_patch_merge_type, get_args(PatchMergeType)),
+        _not_one_of(f"--{name}", getattr(args, name), choices)
+        for cls, args in zip(ARGUMENT_CLASSES, (model_args, data_args, training_args))
+        for name, choices in literal_choices(cls).items()
     ]
     versions = set(conv_templates) | set(VERSIONS_WITH_DEFAULT_TEMPLATE)
     if model_args.version not in versions:
@@ -453,11 +468,6 @@ def _check_choices(model_args: ModelArguments, data_args: DataArguments, trainin
         problems.append(f"--lora_dropout must be in [0, 1), got {training_args.lora_dropout}.")
     if training_args.model_max_length <= 0:
         problems.append(f"--model_max_length must be positive, got {training_args.model_max_length}.")
-    if data_args.image_grid_pinpoints is not None and parse_grid_pinpoints(data_args.image_grid_pinpoints) is None:
-        problems.append(
-            f"--image_grid_pinpoints {data_args.image_grid_pinpoints!r} is not a list of [width, height] pairs, "
-            "e.g. '[[336,672],[672,336],[672,672]]'."
-        )
     return [problem for problem in problems if problem is not None]
 
 
@@ -526,13 +536,10 @@ def _check_combinations(
                 "drop --lora_enable for projector pretraining."
             )
     problems += _check_evaluation(data_args, training_args)
-    if data_args.image_aspect_ratio == "anyres" and data_args.image_grid_pinpoints is None:
-        problems.append("--image_aspect_ratio anyres needs --image_grid_pinpoints (candidate resolutions).")
-    if training_args.packing and data_args.image_aspect_ratio == "anyres" and model_args.vision_tower is not None:
-        problems.append(
-            "--packing fills rows by the spliced length, which anyres images vary per image; use "
-            "--image_aspect_ratio pad or square, or drop --packing."
-        )
+    problems += anyres_problems(data_args.image_aspect_ratio, data_args.image_grid_pinpoints)
+    packing_problem = PackingConfig.problem(data_args.image_aspect_ratio)
+    if training_args.packing and model_args.vision_tower is not None and packing_problem:
+        problems.append(packing_problem)
     if model_args.vision_tower is None and model_args.pretrain_mm_mlp_adapter is not None:
         problems.append("--pretrain_mm_mlp_adapter needs --vision_tower (the projector maps its features).")
     if training_args.mm_projector_lr is not None and model_args.vision_tower is None:
@@ -663,19 +670,3 @@ def _missing_packages(training_args: TrainingArguments) -> list[str]:
         for package, flag in needs
         if importlib.util.find_spec(package) is None
     ]
-
-
-def parse_grid_pinpoints(text: str) -> Optional[list[list[int]]]:
-    """`'[[336,672],[672,336]]'` -> `[[336, 672], [672, 336]]`; None when the text is not such a list."""
-    try:
-        value = ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-        return None
-    if not isinstance(value, (list, tuple)) or not value:
-        return None
-    pairs = []
-    for pair in value:
-        if not (isinstance(pair, (list, tuple)) and len(pair) == 2 and all(isinstance(v, int) and v > 0 for v in pair)):
-            return None
-        pairs.append([int(pair[0]), int(pair[1])])
-    return pairs

@@ -36,7 +36,7 @@ from transformers.trainer_pt_utils import get_parameter_names  # noqa: F401  (re
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, has_length, rotate_checkpoints
 
 from llava.constants import IGNORE_INDEX
-from llava.data.dataset import PACKING_STATS_KEY
+from llava.data.packing import PACKING_STATS_KEY
 from llava.distributed.zero3 import get_mm_adapter_state_maybe_zero_3, maybe_zero_3  # noqa: F401  (upstream's names here)
 from llava.model import compat
 from llava.model.files import TRAINING_ARGS_FILE

@@ -19,14 +19,10 @@ from llava.conversation import Conversation, get_conv_template, template_name
 from llava.data.vision import VisionSetup
 from llava.distributed.state import is_zero3_enabled
 from llava.distributed.zero3 import disable_4bit_cpu_repacking
+from llava.mm_utils import parse_grid_pinpoints
 from llava.model.llava_arch import init_rows_at_mean
 from llava.model.quantization import bnb_config
-from llava.train.arguments import (
-    DataArguments,
-    ModelArguments,
-    TrainingArguments,
-    parse_grid_pinpoints,
-)
+from llava.train.arguments import DataArguments, ModelArguments, TrainingArguments
 
 logger = logging.getLogger(__name__)
 

@@ -18,12 +18,8 @@ import transformers
 from packaging import version
 
 from llava.conversation import get_conv_template, template_name
-from llava.data.dataset import (
-    DataCollatorForSupervisedDataset,
-    LazySupervisedDataset,
-    make_supervised_data_module,
-    packing_attention_cost,
-)
+from llava.data.dataset import DataCollatorForSupervisedDataset, LazySupervisedDataset, make_supervised_data_module
+from llava.data.packing import PackingConfig, packing_attention_cost
 from llava.data.preprocess import (
     preprocess,
     preprocess_llama_2,
@@ -136,24 +132,26 @@ def run(
     model = _prepare_for_training(model, model_args, training_args)
     tokenizer = load_tokenizer(model_args, training_args)
     template = setup_template(model_args, tokenizer, model)
-    dataset_kwargs = {"conv": template, "records": records, "checked": True}
+    vision = None
     if model_args.vision_tower is not None:
-        dataset_kwargs["vision"] = setup_vision_modules(model, tokenizer, model_args, data_args, training_args)
+        vision = setup_vision_modules(model, tokenizer, model_args, data_args, training_args)
     if training_args.bits in (4, 8):
         cast_kbit_modules(model, training_args)
     align_trainable_dtypes(model, training_args)
     if training_args.use_liger_kernel:  # only still on where Liger runs (llava.train.arguments)
         use_liger_kernels(model)
 
+    packing = None
     if training_args.packing:
         attention = getattr(model.config, "_attn_implementation", None)
-        dataset_kwargs["packing"] = {
-            "image_feature_length": image_feature_length(model),
-            "attention_cost": packing_attention_cost(model.config.hidden_size, attention),
-        }
+        packing = PackingConfig(
+            image_feature_length=image_feature_length(model),
+            attention_cost=packing_attention_cost(model.config.hidden_size, attention),
+        )
     data_module = make_supervised_data_module(
-        tokenizer=tokenizer, data_args=data_args, eval_records=eval_records, **dataset_kwargs
-    )
+        tokenizer=tokenizer, data_args=data_args, eval_records=eval_records, vision=vision, conv=template,
+        records=records, checked=True, packing=packing,
+    )  # fmt: skip
     trainer = LLaVATrainer(model=model, processing_class=tokenizer, args=training_args, **data_module)
     add_eval_generation(trainer, tokenizer, training_args)
     _fit(trainer, training_args)
