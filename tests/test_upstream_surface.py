@@ -43,13 +43,13 @@ EXCLUDED = {
     **{
         f"llava.serve.gradio_web_server.{name}": (
             "a method of gradio_web_server.WebUI: upstream's handlers read the command line's global args and models "
-            "(docs/upstream_differences.md #30)"
+            "(docs/upstream_differences.md #31)"
         )
         for name in ("add_text", "http_bot", "load_demo", "load_demo_refresh_model_list")
     },
     "llava.serve.gradio_web_server.get_window_url_params": (
         "the page script upstream read ?model= with; gradio 6 hands the handler the request's query parameters "
-        "(docs/upstream_differences.md #30)"
+        "(docs/upstream_differences.md #31)"
     ),
 }
 # Modules that exist here but whose contents are upstream's alone, and why.

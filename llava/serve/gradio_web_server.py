@@ -6,7 +6,7 @@ model worker as it is generated, regenerate / clear, the sampling sliders, upvot
 conversation log, and example images. What a message does to the conversation and what is sent to the worker is
 ``llava.serve.web_chat``; this module is the page and its event wiring. The differences gradio 6 forces (messages
 chat format, theme and css given at launch, URL parameters read from the request) are
-docs/upstream_differences.md #30.
+docs/upstream_differences.md #31.
 """
 
 from __future__ import annotations

@@ -54,7 +54,7 @@ def template_for_model(model_name: str) -> str:
 
     Upstream also names ``mistral_orca`` (a "mistral" + "orca" LLaVA) and ``mpt_text`` (a non-LLaVA MPT), which its
     own ``conv_templates`` lacks (a KeyError in its handler); here they are a ValueError that says so
-    (docs/upstream_differences.md #30).
+    (docs/upstream_differences.md #31).
     """
     name = model_name.lower()
     if "llava" in name:
