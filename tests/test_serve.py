@@ -293,3 +293,25 @@ def test_a_quantized_worker_serves_each_run(runs, tiny, images, bits):
         chunks = list(split_chunks(worker.generate_stream_gate(_payload(name, images[0]))))
         answers[name] = _answer(chunks, prompt)
     assert all(answers.values()) and answers[RUN_NAMES[0]] != answers[RUN_NAMES[1]]
+
+
+def test_runs_with_non_finite_weights_are_refused_as_a_single_run_is(runs, tiny, tmp_path):
+    """The shared loader's rule (llava.model.builder), naming every run and the base."""
+    import shutil
+
+    import torch
+
+    from llava.model.lora_runs import load_lora_runs
+
+    broken = tmp_path / "diverged"
+    shutil.copytree(runs[1], broken)
+    weights = broken / "adapter_model.bin"
+    state = torch.load(weights, weights_only=True)
+    key = sorted(name for name in state if "lora_B" in name)[0]
+    state[key][0, 0] = float("nan")
+    torch.save(state, weights)
+    with pytest.raises(ValueError, match="has weights with NaN or inf values") as raised:
+        load_lora_runs([runs[0], broken], tiny.llm, device="cpu")
+    message = str(raised.value)
+    assert f"{runs[0]}, {broken} over --model-base {tiny.llm}" in message
+    assert ".run1." in message.split("values: ")[1]

@@ -449,7 +449,7 @@ def attach_adapter(
     return peft_model
 
 
-def _refuse_nonfinite(model: torch.nn.Module, model_path: Path, model_base: Path | None) -> None:
+def _refuse_nonfinite(model: torch.nn.Module, model_path: Path | str, model_base: Path | None) -> None:
     """Weights with NaN or inf answer garbage (a run that diverged, or values past fp16's range): refuse them."""
     bad = nonfinite_tensors(model.named_parameters())
     if bad:

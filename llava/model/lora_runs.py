@@ -28,7 +28,7 @@ from llava.model.families import load_checkpoint_config
 from llava.model.files import NON_LORA_TRAINABLES_FILE
 from llava.model.hub import resolve_model_dir
 from llava.model.llava_arch import add_image_tokens
-from llava.model.state_files import load_state_file, nonfinite_tensors
+from llava.model.state_files import load_state_file
 
 logger = logging.getLogger(__name__)
 
@@ -167,12 +167,7 @@ def load_lora_runs(
         )
     _adapters_in(peft_model, dtype)
     image_processor = builder._load_vision_tower(peft_model, dtype, device) if llava else None
-    bad = nonfinite_tensors(peft_model.named_parameters())
-    if bad:
-        raise ValueError(
-            f"the runs {[str(path) for path in run_dirs]} over --model-base {base_dir} have weights with NaN or inf "
-            f"values: {builder._preview(bad)}; retrain the run that diverged from a checkpoint with finite weights"
-        )
+    builder._refuse_nonfinite(peft_model, ", ".join(str(path) for path in run_dirs), base_dir)
     peft_model.eval()
     context_len = getattr(model.config, "max_sequence_length", builder.DEFAULT_CONTEXT_LEN)
     return LoadedRuns(tokenizer, peft_model, image_processor, context_len, adapter_names)
